@@ -1,0 +1,40 @@
+"""Device and precision choice, kept as parameters so GPU paths stay testable on CPU."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from .errors import ConfigError
+
+_AMP = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``auto`` (CUDA if present, else CPU), ``cpu``, ``cuda`` or ``cuda:i``; unusable ones raise ConfigError."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r} requested but CUDA is not available on this machine; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
+    elif dev.type != "cpu":
+        raise ConfigError(f"unsupported device {device!r}; use auto, cpu, cuda or cuda:N")
+    return dev
+
+
+def amp_context(device: torch.device, amp: str | None):
+    """Autocast for ``amp`` in {None, 'fp16', 'bf16'}; fp16 only on CUDA (CPU has no fast fp16)."""
+    if amp is None or amp == "none":
+        return contextlib.nullcontext()
+    if amp not in _AMP:
+        raise ConfigError(f"unknown precision {amp!r}; use none, fp16 or bf16")
+    if amp == "fp16" and device.type != "cuda":
+        raise ConfigError("fp16 autocast needs a CUDA device; use bf16 or none on CPU")
+    return torch.autocast(device_type=device.type, dtype=_AMP[amp])

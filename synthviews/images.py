@@ -1,0 +1,34 @@
+"""Conversion of [0, 1] float images to uint8 arrays, grids and PNG bytes: the edge where pixels leave torch."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(..., C, H, W) float in [0, 1] -> (..., H, W, C) uint8, rounding to nearest."""
+    x = images.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8)
+    return x.movedim(-3, -1).cpu().numpy()
+
+
+def grid(images: torch.Tensor, pad: int = 2, pad_value: int = 255) -> np.ndarray:
+    """(rows, cols, C, H, W) in [0, 1] -> one uint8 (H', W', C) image, ``pad`` pixels between tiles."""
+    rows, cols, c, h, w = images.shape
+    tiles = to_uint8(images)  # (rows, cols, H, W, C)
+    out = np.full((pad + rows * (h + pad), pad + cols * (w + pad), c), pad_value, dtype=np.uint8)
+    for r in range(rows):
+        for k in range(cols):
+            y, x = pad + r * (h + pad), pad + k * (w + pad)
+            out[y:y + h, x:x + w] = tiles[r, k]
+    return out
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    """PNG encoding of an (H, W, C) uint8 array; deterministic (no timestamps or text chunks)."""
+    buf = io.BytesIO()
+    Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array).save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()

@@ -1,0 +1,147 @@
+"""The MLVGM protocol: what synthviews needs from any multi-latent generator."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from ..latents import LatentGroup, TruncatedNormal
+
+
+class MLVGM(nn.Module):
+    """A generator whose latent code is split into named groups.
+
+    A subclass sets, in ``__init__``:
+
+    - ``groups``: ordered :class:`LatentGroup` tuple; a policy draws a noise
+      vector of ``group.size`` for each group it perturbs;
+    - ``prior``: the :class:`TruncatedNormal` anchors are drawn from, and
+      ``latent_dim``, the anchor's length;
+    - ``config``: JSON-able constructor arguments (part of the model id);
+    - ``image_shape``: ``(C, H, W)`` of decoded images;
+
+    and implements :meth:`compose`, :meth:`group_code` and :meth:`decode`.
+    A model loaded from a file also sets ``source = {"path": ..., "sha256":
+    <sha256 of the file>}`` so manifests pin exactly what made the data.
+    Class attributes ``family`` (registry name) and ``license`` (SPDX id or
+    ``other`` plus a link) describe it in manifests and dataset cards.
+
+    Perturbation goes through :meth:`compose` so that each family says how
+    group noise reaches its generator: BigBiGAN-like models add it to a z
+    chunk (see :class:`ChunkedLatents`); StyleGAN2 adds it to z, maps z +
+    noise to W and keeps that W only on the group's layers. A zero noise
+    vector must give the anchor's code for that group.
+    """
+
+    family: str = "mlvgm"
+    license: str = "unknown"
+
+    groups: tuple[LatentGroup, ...]
+    prior: TruncatedNormal
+    latent_dim: int
+    config: dict
+    image_shape: tuple[int, int, int]
+    source: dict | None = None
+
+    def compose(self, anchor: torch.Tensor, noise: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The code the generator consumes: anchor (B, latent_dim) plus
+        ``noise[name]`` (B, size) for the perturbed groups (absent = unperturbed)."""
+        raise NotImplementedError
+
+    def group_code(self, code: torch.Tensor, name: str) -> torch.Tensor:
+        """The part of ``code`` that group ``name`` controls, flattened to (B, n).
+
+        Perturbation sizes (delta) are L2 distances between these, as in the
+        paper's analysis: the z chunk for BigBiGAN, the W layers for StyleGAN2.
+        """
+        raise NotImplementedError
+
+    def decode(self, code: torch.Tensor) -> torch.Tensor:
+        """Images for a batch of codes: float in [0, 1], shape (B, C, H, W)."""
+        raise NotImplementedError
+
+    def default_policy_spec(self) -> dict:
+        """The policy (as a plain dict, the policy-file format) used when none is given."""
+        return {"kind": "gaussian", "default": {"std": 0.25}}
+
+    # --- shared behaviour ------------------------------------------------
+
+    @property
+    def group_names(self) -> tuple[str, ...]:
+        return tuple(g.name for g in self.groups)
+
+    def group(self, name: str) -> LatentGroup:
+        for g in self.groups:
+            if g.name == name:
+                return g
+        raise KeyError(name)
+
+    @property
+    def device(self) -> torch.device:
+        for t in self.parameters():
+            return t.device
+        for t in self.buffers():
+            return t.device
+        return torch.device("cpu")
+
+    def weights_sha256(self) -> str:
+        """sha256 of every parameter and buffer (name, dtype, shape, bytes), in name order."""
+        h = hashlib.sha256()
+        for name, t in sorted(self.state_dict().items()):
+            shape = t.shape
+            t = t.detach().to("cpu").contiguous().reshape(-1)
+            h.update(f"{name}|{t.dtype}|{tuple(shape)}|".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
+
+    def config_sha256(self) -> str:
+        return hashlib.sha256(json.dumps(self.config, sort_keys=True).encode()).hexdigest()
+
+    @property
+    def model_id(self) -> str:
+        """Stable id for manifests: family, config hash and weights hash."""
+        return f"{self.family}-{self.config_sha256()[:8]}-{self.weights_sha256()[:12]}"
+
+    def describe(self) -> dict:
+        """Everything a manifest needs to say which generator made a dataset."""
+        return {
+            "family": self.family,
+            "model_id": self.model_id,
+            "config": self.config,
+            "weights_sha256": self.weights_sha256(),
+            "license": self.license,
+            "source": self.source,
+            "image_shape": list(self.image_shape),
+            "latent_dim": self.latent_dim,
+            "prior": self.prior.to_dict(),
+            "groups": [{"name": g.name, "size": g.size, "space": g.space, "description": g.description}
+                       for g in self.groups],
+        }
+
+
+class ChunkedLatents:
+    """Mixin for models whose groups are consecutive chunks of one latent z.
+
+    Noise is added to the group's chunk; the code is z itself (BigBiGAN, toy).
+    """
+
+    def _chunk(self, name: str) -> slice:
+        start = 0
+        for g in self.groups:
+            if g.name == name:
+                return slice(start, start + g.size)
+            start += g.size
+        raise KeyError(name)
+
+    def compose(self, anchor, noise):
+        code = anchor.clone()
+        for name, n in noise.items():
+            code[:, self._chunk(name)] += n.to(code)
+        return code
+
+    def group_code(self, code, name):
+        return code[:, self._chunk(name)]

@@ -1,0 +1,85 @@
+import hashlib
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from synthviews.cli import main
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", "synthviews", *args], capture_output=True, text=True)
+
+
+def test_preview_writes_a_valid_png_byte_identical_across_runs(tmp_path):
+    outs = []
+    for name in ("a.png", "b.png"):
+        out = tmp_path / name
+        assert main(["preview", "--model", "toy", "--samples", "3", "--views", "2", "--seed", "0",
+                     "--device", "cpu", "--out", str(out)]) == 0
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1]
+    with Image.open(tmp_path / "a.png") as im:
+        im.verify()
+    with Image.open(tmp_path / "a.png") as im:
+        assert im.format == "PNG" and im.size == (2 + 3 * 66, 2 + 3 * 66)  # 3 columns (anchor + 2), 3 rows
+    main(["preview", "--samples", "3", "--views", "2", "--seed", "1", "--out", str(tmp_path / "c.png")])
+    assert hashlib.sha256((tmp_path / "c.png").read_bytes()).digest() != hashlib.sha256(outs[0]).digest()
+
+
+def test_preview_with_a_policy_file_and_model_option(tmp_path):
+    policy = tmp_path / "p.yaml"
+    policy.write_text("kind: gaussian\ngroups:\n  color: 1.0\n")
+    out = tmp_path / "g.png"
+    assert main(["preview", "--policy", str(policy), "--model-opt", "resolution=16", "--samples", "2",
+                 "--views", "1", "--out", str(out)]) == 0
+    with Image.open(out) as im:
+        assert im.size == (2 + 2 * 18, 2 + 2 * 18)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["preview", "--model", "nope"], "unknown model 'nope'"),
+    (["preview", "--policy", "missing.yaml"], "policy file missing.yaml does not exist"),
+    (["preview", "--views", "0"], "views"),
+    (["preview", "--out", "grid.jpg"], "must end in .png"),
+    (["preview", "--model-opt", "resolution=-3"], "resolution"),
+    (["preview", "--device", "cuda:7"], "cuda"),
+    (["info", "--model", "toy", "--model-opt", "colour=1"], "no option colour"),
+])
+def test_user_errors_print_one_line_and_exit_2(tmp_path, monkeypatch, capsys, args, message):
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert len(err.strip().splitlines()) == 1
+    assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_the_module_entry_point_reports_user_errors_without_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "synthviews", "preview", "--policy", "missing.yaml"],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "synthviews preview: error: policy file missing.yaml does not exist"
+
+
+def test_argparse_errors_also_exit_2():
+    result = _run("preview", "--samples", "many")
+    assert result.returncode == 2 and "invalid int value" in result.stderr
+    assert _run("frobnicate").returncode == 2
+
+
+def test_help_lists_every_verb_and_option():
+    top = _run("--help")
+    assert top.returncode == 0 and "preview" in top.stdout and "info" in top.stdout
+    sub = _run("preview", "--help").stdout
+    for option in ("--model", "--policy", "--samples", "--views", "--seed", "--out", "--device", "--model-opt"):
+        assert option in sub
+
+
+def test_info_lists_groups_and_prints_a_loadable_default_policy(capsys):
+    assert main(["info", "--model", "toy"]) == 0
+    text = capsys.readouterr().out
+    for group in ("shape", "pose", "color", "texture", "inert"):
+        assert group in text
+    assert main(["info"]) == 0 and "toy" in capsys.readouterr().out

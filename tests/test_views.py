@@ -1,0 +1,69 @@
+import numpy as np
+import pytest
+import torch
+
+import synthviews as sv
+from synthviews.policies import GaussianPolicy, GroupNoise
+from synthviews.views import ViewSampler
+
+
+@pytest.fixture(scope="module")
+def sampler():
+    return ViewSampler(sv.load_model("toy"), views=3, seed=5, device="cpu")
+
+
+def test_same_seed_gives_identical_tensors(sampler):
+    other = ViewSampler(sv.load_model("toy"), views=3, seed=5, device="cpu")
+    a, b = sampler.sample(range(20)), other.sample(range(20))
+    assert torch.equal(a.images, b.images) and torch.equal(a.codes, b.codes) and torch.equal(a.deltas, b.deltas)
+    c = ViewSampler(sv.load_model("toy"), views=3, seed=6).sample(range(20))
+    assert not torch.equal(a.images, c.images)
+
+
+def test_batch_size_never_changes_the_images(sampler):
+    full = sampler.sample(range(64))
+    for batch_size in (1, 7, 64):
+        parts = [sampler.sample(range(i, min(i + batch_size, 64))) for i in range(0, 64, batch_size)]
+        assert torch.equal(torch.cat([p.images for p in parts]), full.images), batch_size
+        assert torch.equal(torch.cat([p.deltas for p in parts]), full.deltas), batch_size
+
+
+def test_a_sample_does_not_depend_on_the_other_samples(sampler):
+    alone = sampler.sample([41])
+    mixed = sampler.sample([3, 41, 1000, 7])
+    assert torch.equal(alone.images[0], mixed.images[1])
+
+
+def test_more_views_keep_the_first_views():
+    model = sv.load_model("toy")
+    two = ViewSampler(model, views=2, seed=1).sample(range(5))
+    four = ViewSampler(model, views=4, seed=1).sample(range(5))
+    assert torch.equal(two.images, four.images[:, :3])
+
+
+def test_shapes_anchor_first_and_fixed_groups_have_zero_delta(sampler):
+    batch = sampler.sample(range(6))
+    assert batch.images.shape == (6, 4, 3, 64, 64)
+    assert torch.equal(batch.images[:, 0], sampler.model.decode(batch.anchor))
+    shape = sampler.model.group_names.index("shape")
+    assert (batch.deltas[:, :, shape] == 0).all()
+    assert (batch.deltas[:, :, sampler.model.group_names.index("pose")] > 0).all()
+
+
+def test_delta_is_the_l2_distance_of_the_group_code():
+    model = sv.load_model("toy")
+    batch = ViewSampler(model, GaussianPolicy({"color": GroupNoise(0.5)}), views=1, seed=0).sample(range(4))
+    color = model.group_code(batch.codes[:, 1], "color") - model.group_code(batch.codes[:, 0], "color")
+    expected = color.double().norm(dim=1)
+    assert torch.allclose(batch.deltas[:, 0, model.group_names.index("color")], expected)
+    assert np.isclose(batch.deltas[:, 0].sum().item(), expected.sum().item())
+
+
+def test_bad_arguments():
+    model = sv.load_model("toy")
+    with pytest.raises(sv.ConfigError, match="views"):
+        ViewSampler(model, views=0)
+    with pytest.raises(sv.ConfigError, match="unknown device"):
+        ViewSampler(model, device="tpu")
+    with pytest.raises(sv.ConfigError, match="fp16 autocast needs a CUDA"):
+        ViewSampler(model, device="cpu", amp="fp16")
