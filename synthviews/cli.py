@@ -56,7 +56,55 @@ def _cmd_preview(args) -> int:
     return 0
 
 
+def _cmd_generate(args) -> int:
+    from .writer import generate
+
+    out = args.out or f"shards/{args.model}"
+    generate(out, _build_model(args), args.policy, samples=args.samples, views=args.views, seed=args.seed,
+             shard_size=args.shard_size, format=args.format, quality=args.quality, batch_size=args.batch_size,
+             device=args.device, amp=args.amp, save_latents=args.save_latents, split=args.split, resume=args.resume,
+             rank=args.rank, world_size=args.world_size, workers=args.workers, progress=not args.no_progress)
+    from .manifest import read_manifest
+
+    manifest = read_manifest(out)
+    if manifest and manifest["splits"].get(args.split, {}).get("complete"):
+        print(f"{out}: split {args.split} complete, {args.samples} samples x {1 + args.views} views; load it with:")
+        print(f"  python -c \"from datasets import load_dataset; print(load_dataset('{out}', split='{args.split}'))\"")
+    elif args.world_size is not None:
+        print(f"rank {args.rank} of {args.world_size} done; run `synthviews merge {out}` when every rank has finished")
+    return 0
+
+
+def _cmd_verify(args) -> int:
+    from .verify import verify
+
+    problems = verify(args.out)
+    for problem in problems:
+        print(problem)
+    print(f"{args.out}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
+    return 1 if problems else 0
+
+
+def _cmd_merge(args) -> int:
+    from .card import write_card
+    from .manifest import merge, pending_splits
+
+    splits = [args.split] if args.split else pending_splits(args.out)
+    if not splits:
+        raise ConfigError(f"{args.out} holds no rank progress files to merge")
+    for split in splits:
+        manifest = merge(args.out, split)
+    write_card(args.out, manifest)
+    print(f"merged split(s) {', '.join(splits)} into {args.out}/synthviews.json")
+    return 0
+
+
 def _cmd_info(args) -> int:
+    if args.dataset is not None:
+        from .verify import summary
+
+        print(summary(args.dataset))
+        return 0
     if args.model is None:
         print("available models: " + ", ".join(available_models()))
         print("use `synthviews info --model NAME` for its latent groups and default policy")
@@ -94,9 +142,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="preview.png", help="output PNG path (default: preview.png)")
     p.set_defaults(run=_cmd_preview)
 
-    p = verbs.add_parser("info", help="list models, or show a model's latent groups and default policy",
-                         description="Without --model: list model families. With --model: its id, latent "
-                                     "groups and default policy.")
+    p = verbs.add_parser("generate", help="write anchor + positive views as WebDataset shards",
+                         description="Generate a positive-view dataset: OUT/{split}-{shard:06d}.tar shards, the "
+                                     "manifest OUT/synthviews.json and a dataset card OUT/README.md. Rerunning "
+                                     "the same command continues an interrupted run; under torchrun the shards "
+                                     "are split across ranks.")
+    _add_model_args(p)
+    p.add_argument("--out", help="output folder (default: shards/MODEL)")
+    p.add_argument("--policy", help="policy file (YAML/JSON); default: the model's default policy")
+    p.add_argument("--samples", type=int, default=10000, help="number of anchors (default: 10000)")
+    p.add_argument("--views", type=int, default=2, help="positives per anchor, K; view0 is the anchor (default: 2)")
+    p.add_argument("--seed", type=int, default=0, help="seed; same seed, same bytes (default: 0)")
+    p.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default: 1000)")
+    p.add_argument("--format", choices=["jpg", "png", "webp"], default="jpg", help="image format (default: jpg)")
+    p.add_argument("--quality", type=int, help="jpg/webp quality 1-100 (default: 95 jpg, 90 webp)")
+    p.add_argument("--batch-size", type=int, default=64, help="anchors decoded per batch (default: 64)")
+    p.add_argument("--amp", choices=["none", "fp16", "bf16"], default="none",
+                   help="autocast precision for decoding (fp16 needs CUDA; default: none)")
+    p.add_argument("--save-latents", action="store_true", help="also store every view's code as latents.npy")
+    p.add_argument("--split", default="train", help="split name; shards are SPLIT-NNNNNN.tar (default: train)")
+    p.add_argument("--resume", action="store_true",
+                   help="insist on continuing an existing run (rerunning the same command resumes anyway)")
+    p.add_argument("--rank", type=int, help="this job's rank among independent jobs (with --world-size)")
+    p.add_argument("--world-size", type=int, help="number of independent jobs; then run `synthviews merge OUT`")
+    p.add_argument("--workers", type=int, help="image-encoding threads (default: min(4, CPUs))")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(run=_cmd_generate)
+
+    p = verbs.add_parser("verify", help="check every shard of a dataset against its manifest",
+                         description="Check sha256, sample counts, keys, and that every view decodes at the "
+                                     "declared size. Prints each problem; exits 1 if there is any.")
+    p.add_argument("out", help="dataset folder")
+    p.set_defaults(run=_cmd_verify)
+
+    p = verbs.add_parser("merge", help="fold the progress files of independent jobs into the manifest",
+                         description="After every `generate --rank i --world-size n` job has finished, write "
+                                     "OUT/synthviews.json and the dataset card.")
+    p.add_argument("out", help="dataset folder")
+    p.add_argument("--split", help="merge only this split (default: every split with progress files)")
+    p.set_defaults(run=_cmd_merge)
+
+    p = verbs.add_parser("info", help="summarise a dataset folder, list models, or show a model's latent groups",
+                         description="With a dataset folder: its summary. Without: list model families, or with "
+                                     "--model, its id, latent groups and default policy.")
+    p.add_argument("dataset", nargs="?", help="a dataset folder written by `synthviews generate`")
     _add_model_args(p)
     p.set_defaults(model=None, run=_cmd_info)
     return parser

@@ -15,10 +15,9 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return x.movedim(-3, -1).cpu().numpy()
 
 
-def grid(images: torch.Tensor, pad: int = 2, pad_value: int = 255) -> np.ndarray:
-    """(rows, cols, C, H, W) in [0, 1] -> one uint8 (H', W', C) image, ``pad`` pixels between tiles."""
-    rows, cols, c, h, w = images.shape
-    tiles = to_uint8(images)  # (rows, cols, H, W, C)
+def grid(tiles: np.ndarray, pad: int = 2, pad_value: int = 255) -> np.ndarray:
+    """(rows, cols, H, W, C) uint8 tiles -> one (H', W', C) image, ``pad`` pixels between tiles."""
+    rows, cols, h, w, c = tiles.shape
     out = np.full((pad + rows * (h + pad), pad + cols * (w + pad), c), pad_value, dtype=np.uint8)
     for r in range(rows):
         for k in range(cols):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from .errors import ConfigError
 from .files import write_atomic
-from .images import grid, png_bytes
+from .images import grid, png_bytes, to_uint8
 from .views import ViewSampler
 
 
@@ -20,6 +20,6 @@ def preview(sampler: ViewSampler, out: str | Path, samples: int = 8, start: int 
     if out.is_dir():
         raise ConfigError(f"preview output {out} is a directory; give a file name ending in .png")
     batch = sampler.sample(range(start, start + samples))
-    write_atomic(out, png_bytes(grid(batch.images)))
+    write_atomic(out, png_bytes(grid(to_uint8(batch.images))))
     return out
 

@@ -27,8 +27,9 @@ class MLVGM(nn.Module):
     and implements :meth:`compose`, :meth:`group_code` and :meth:`decode`.
     A model loaded from a file also sets ``source = {"path": ..., "sha256":
     <sha256 of the file>}`` so manifests pin exactly what made the data.
-    Class attributes ``family`` (registry name) and ``license`` (SPDX id or
-    ``other`` plus a link) describe it in manifests and dataset cards.
+    Class attributes ``family`` (registry name), ``license`` (a Hugging Face
+    licence id, or ``other``) and ``license_link`` describe it in manifests
+    and dataset cards.
 
     Perturbation goes through :meth:`compose` so that each family says how
     group noise reaches its generator: BigBiGAN-like models add it to a z
@@ -39,6 +40,7 @@ class MLVGM(nn.Module):
 
     family: str = "mlvgm"
     license: str = "unknown"
+    license_link: str | None = None
 
     groups: tuple[LatentGroup, ...]
     prior: TruncatedNormal
@@ -114,6 +116,7 @@ class MLVGM(nn.Module):
             "config": self.config,
             "weights_sha256": self.weights_sha256(),
             "license": self.license,
+            "license_link": self.license_link,
             "source": self.source,
             "image_shape": list(self.image_shape),
             "latent_dim": self.latent_dim,

@@ -1,0 +1,290 @@
+"""Offline generation: views -> WebDataset tar shards, a manifest, a dataset card.
+
+The device only decodes: JPEG encoding runs in a thread pool and tar writing
+in one writer thread, fed through a bounded queue (memory stays flat). A
+shard is written under a hidden temporary name and renamed when complete,
+then the manifest is updated atomically, so a killed run leaves only whole
+shards and rerunning the same command continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+import webdataset as wds
+from tqdm import tqdm
+
+from .card import write_card
+from .device import resolve_device
+from .distributed import Ranks, barrier, destroy_process_group, detect_ranks, init_process_group
+from .encode import check_format, encode_sample
+from .errors import ConfigError
+from .files import sha256_file
+from .images import to_uint8
+from .manifest import (FORMAT_VERSION, check_split, done_shards, merge, read_manifest, read_progress, shard_name,
+                       shard_ranges, split_entry, write_manifest, write_progress)
+from .models import MLVGM, load_model
+from .views import ViewSampler
+
+TAR_MTIME = 0  # fixed member mtime: same command, same bytes
+
+
+def _positive_int(value, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ConfigError(f"{what} must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+def generate(out: str | Path, model: str | MLVGM = "toy", policy=None, *, samples: int = 1000, views: int = 1,
+             seed: int = 0, shard_size: int = 1000, format: str = "jpg", quality: int | None = None,
+             batch_size: int = 64, device: str | None = "auto", amp: str | None = None, save_latents: bool = False,
+             split: str = "train", resume: bool = False, rank: int | None = None, world_size: int | None = None,
+             workers: int | None = None, progress: bool = False, model_kwargs: dict | None = None) -> Path:
+    """Write ``samples`` anchors with ``views`` positives each to ``out`` as WebDataset shards.
+
+    Rerunning with the same arguments continues an interrupted run (``resume=True``
+    additionally insists there is something to continue); different arguments on
+    an existing split are refused. ``rank``/``world_size`` make this one of several
+    independent jobs (merge with :func:`synthviews.manifest.merge`); under torchrun
+    the ranks come from the environment. Returns ``out``.
+    """
+    out = Path(out)
+    samples = _positive_int(samples, "samples")
+    shard_size = _positive_int(shard_size, "shard size")
+    batch_size = _positive_int(batch_size, "batch size")
+    if workers is not None:
+        workers = _positive_int(workers, "workers")
+    quality = check_format(format, quality)
+    check_split(split)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output {out} exists and is not a folder; choose a folder path for --out")
+    ranks = detect_ranks(rank, world_size)
+
+    if isinstance(model, str):
+        model = load_model(model, **(model_kwargs or {}))
+    dev = resolve_device(device)
+    if ranks.use_torch_distributed and dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", ranks.local_rank)
+    sampler = ViewSampler(model, policy, views=views, seed=seed, device=dev, amp=amp)
+    config = {
+        **sampler.describe(),
+        "samples": samples, "shard_size": shard_size, "split": split, "save_latents": bool(save_latents),
+        "image": {"format": format, "quality": quality, "shape": list(model.image_shape)},
+    }
+
+    ranges = shard_ranges(samples, shard_size)
+    done = _check_out_folder(out, split, config, resume)
+    todo = [s for s in range(len(ranges)) if ranks.owns(s) and s not in done]
+
+    cpus = os.cpu_count() or 1
+    if workers is None:  # on CPU the encoders share the cores with the generator
+        workers = min(4, cpus) if dev.type == "cuda" else max(1, min(4, cpus // 2))
+    torch_threads = torch.get_num_threads()
+    if dev.type == "cpu":  # oversubscribed OpenMP threads spin and stall: leave the encoders their cores
+        torch.set_num_threads(max(1, min(torch_threads, cpus - workers)))
+    init_process_group(ranks, dev)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(out, split, ranks)
+        mine = {s: r for s, r in done.items() if ranks.owns(s)}
+
+        def shard_written(record: dict) -> None:
+            mine[record["shard"]] = record
+            _record_progress(out, split, config, mine, len(ranges), ranks)
+
+        owned = sum(ranges[s][1] for s in range(len(ranges)) if ranks.owns(s))
+        bar = tqdm(total=owned, initial=owned - sum(ranges[s][1] for s in todo), unit="sample", disable=not progress,
+                   desc=f"{split} rank {ranks.rank}/{ranks.world_size}" if ranks.world_size > 1 else split)
+        with _ShardPipeline(out, split, format, quality, workers, shard_written) as pipeline:
+            for s in todo:
+                first, count = ranges[s]
+                for start in range(first, first + count, batch_size):
+                    idx = np.arange(start, min(start + batch_size, first + count))
+                    pipeline.submit(s, _encode_job(sampler, idx, format, quality, save_latents, pipeline.pool))
+                    bar.update(len(idx))
+                    bar.set_postfix_str(f"{bar.format_dict['rate'] or 0:.0f} samples/s, "
+                                        f"{(bar.format_dict['rate'] or 0) * (1 + views):.0f} views/s", refresh=False)
+                pipeline.end_shard(s, first, count)
+        bar.close()
+
+        if ranks.world_size == 1:
+            _finish(out, split)
+        elif ranks.use_torch_distributed:
+            barrier(ranks)
+            if ranks.rank == 0:
+                merge(out, split)
+                _finish(out, split)
+            barrier(ranks)
+    finally:
+        destroy_process_group(ranks)
+        torch.set_num_threads(torch_threads)
+    return out
+
+
+def _check_out_folder(out: Path, split: str, config: dict, resume: bool) -> dict[int, dict]:
+    """Refuse a foreign or differently configured folder; return the shards already done."""
+    if not out.exists():
+        if resume:
+            raise ConfigError(f"nothing to resume: {out} does not exist")
+        return {}
+    manifest = read_manifest(out)
+    has_split = bool(read_progress(out, split)) or bool(manifest and split in manifest["splits"])
+    if not has_split:
+        if resume:
+            raise ConfigError(f"nothing to resume: {out} holds no synthviews split {split!r}")
+        if manifest is None and any(out.iterdir()):
+            raise ConfigError(f"{out} is not empty and holds no synthviews dataset; choose a new or empty --out")
+        return {}
+    return done_shards(out, split, config)
+
+
+def _remove_stale_temporaries(out: Path, split: str, ranks: Ranks) -> None:
+    """Temporary shards of a killed run of this rank: never visible, now removed."""
+    for tmp in out.glob(f".{split}-*.tar.*.tmp"):
+        shard = int(tmp.name[len(split) + 2:].split(".")[0])
+        if ranks.owns(shard):
+            tmp.unlink(missing_ok=True)
+
+
+def _record_progress(out: Path, split: str, config: dict, mine: dict, num_shards: int, ranks: Ranks) -> None:
+    if ranks.world_size == 1:
+        manifest = read_manifest(out) or {"format_version": FORMAT_VERSION, "splits": {}}
+        manifest["splits"][split] = split_entry(config, mine, num_shards)
+        write_manifest(out, manifest)
+    else:
+        write_progress(out, split, ranks.rank, ranks.world_size, split_entry(config, mine, num_shards))
+
+
+def _finish(out: Path, split: str) -> None:
+    manifest = read_manifest(out)
+    if manifest is None or not manifest["splits"].get(split, {}).get("complete"):
+        raise RuntimeError(f"{out}: split {split!r} is not complete after generation")
+    write_card(out, manifest)
+
+
+def _encode_job(sampler: ViewSampler, idx: np.ndarray, fmt: str, quality, save_latents: bool,
+                pool: ThreadPoolExecutor) -> Future:
+    """Decode on the device now; encode in the pool later. Returns a future of WebDataset samples."""
+    batch = sampler.sample(idx)
+    pixels = to_uint8(batch.images)  # (B, 1+K, H, W, C) uint8, on the CPU
+    latents = batch.codes.float().cpu().numpy() if save_latents else None
+    deltas = batch.deltas.numpy()  # (B, K, G)
+    groups = sampler.model.group_names
+    base = {"seed": sampler.seed, "model_id": sampler.model.model_id, "policy_id": sampler.policy.policy_id,
+            "views": sampler.views}
+
+    def encode() -> list[dict]:
+        return [encode_sample(int(i), pixels[b], {**base, "index": int(i),
+                                                   "delta": {g: deltas[b, :, k].tolist() for k, g in enumerate(groups)}},
+                              fmt, quality, None if latents is None else latents[b])
+                for b, i in enumerate(idx)]
+
+    return pool.submit(encode)
+
+
+class _ShardPipeline:
+    """Encoding pool + one tar-writing thread behind a bounded queue of futures (kept in order)."""
+
+    def __init__(self, out: Path, split: str, fmt: str, quality, workers: int, on_shard_done):
+        self.out, self.split, self.on_shard_done = out, split, on_shard_done
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="synthviews-encode")
+        self.queue: queue.Queue = queue.Queue(maxsize=2 * workers)
+        self.error: BaseException | None = None
+        self.abort = threading.Event()
+        self.thread = threading.Thread(target=self._write_loop, name="synthviews-writer", daemon=True)
+        self.thread.start()
+
+    def submit(self, shard: int, job: Future) -> None:
+        self._put(("batch", shard, job))
+
+    def end_shard(self, shard: int, first: int, count: int) -> None:
+        self._put(("end", shard, (first, count)))
+
+    def _put(self, item) -> None:
+        while True:
+            if self.error is not None:
+                raise self.error
+            try:
+                self.queue.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            self.abort.set()
+        self._put_final()
+        self.thread.join()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        if exc_type is None and self.error is not None:
+            raise self.error
+
+    def _put_final(self) -> None:
+        while self.thread.is_alive():
+            try:
+                self.queue.put(None, timeout=0.2)
+                return
+            except queue.Full:
+                if self.abort.is_set() or self.error is not None:
+                    self._drain()
+
+    def _drain(self) -> None:
+        try:
+            while True:
+                self.queue.get_nowait()
+        except queue.Empty:
+            pass
+
+    def _write_loop(self) -> None:
+        tmp, stream, writer, written = None, None, None, 0
+        try:
+            while (item := self.queue.get()) is not None:
+                if self.abort.is_set():
+                    continue
+                kind, shard, payload = item
+                if writer is None:
+                    final = self.out / shard_name(self.split, shard)
+                    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+                    stream = open(tmp, "wb")
+                    writer = wds.TarWriter(stream, encoder=False, mtime=TAR_MTIME, user="synthviews",
+                                           group="synthviews")
+                    written = 0
+                if kind == "batch":
+                    for sample in payload.result():
+                        writer.write(sample)
+                        written += 1
+                    continue
+                first, count = payload
+                if written != count:
+                    raise RuntimeError(f"shard {shard}: wrote {written} samples, expected {count}")
+                writer.close()
+                stream.flush()
+                os.fsync(stream.fileno())
+                stream.close()
+                record = {"shard": shard, "name": final.name, "first_index": first, "count": count,
+                          "bytes": tmp.stat().st_size, "sha256": sha256_file(tmp)}
+                os.replace(tmp, final)
+                writer = stream = tmp = None
+                self.on_shard_done(record)
+        except BaseException as e:  # handed to the main thread, which re-raises it
+            self.error = e
+            self.abort.set()
+            self._drain()
+        finally:
+            if stream is not None:
+                stream.close()
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
+
+
+
+__all__ = ["generate", "merge"]
