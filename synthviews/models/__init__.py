@@ -56,6 +56,6 @@ def load_model(name: str, **kwargs) -> MLVGM:
     return factory(**kwargs)
 
 
-from . import toy  # noqa: E402,F401  (registers the built-in families)
+from . import stylegan2, toy  # noqa: E402,F401  (registers the built-in families)
 
 __all__ = ["MLVGM", "ChunkedLatents", "register_model", "load_model", "available_models"]
