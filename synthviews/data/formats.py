@@ -1,0 +1,86 @@
+"""Which stored views a sample returns, and the item layouts SSL frameworks expect.
+
+``views`` is always a list of (C, H, W) tensors (or, for batched datasets,
+(B, C, H, W)), so default collate turns it into a list of (B, C, H, W).
+Synthetic views carry no class label: ``target`` is -1, the "ignore"
+label of solo-learn's online classifier and harmless for lightly.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+from ..latents import Streams
+
+OUTPUTS = ("tuple", "lightly", "solo", "dict", "stablerep")
+NO_TARGET = -1
+
+
+def check_output(output: str) -> str:
+    if output not in OUTPUTS:
+        raise ConfigError(f"unknown output format {output!r}; use one of {', '.join(OUTPUTS)}")
+    return output
+
+
+def format_item(output: str, views: list, index, key=None, extra: dict | None = None):
+    """One item (or one batch, if ``views`` are batched and ``index`` is a tensor) in ``output`` layout.
+
+    - ``tuple``: ``(views, index)``
+    - ``lightly``: ``(views, target, key)``
+    - ``solo``: ``(index, views, target)``
+    - ``dict``: ``{"views", "index", "key", **extra}`` (extra: json metadata, latents)
+    - ``stablerep``: ``(views concatenated on channels, index)``
+    """
+    target = NO_TARGET if not torch.is_tensor(index) else torch.full_like(index, NO_TARGET)
+    if output == "tuple":
+        return views, index
+    if output == "lightly":
+        return views, target, key
+    if output == "solo":
+        return index, views, target
+    if output == "stablerep":
+        return torch.cat(views, dim=-3), index
+    return {"views": views, "index": index, "key": key, **(extra or {})}
+
+
+class ViewChoice:
+    """Which of the 1+K stored views to return: a pure function of (seed, epoch, index).
+
+    ``pairs``: ``"anchor+random"`` (the anchor and one random positive),
+    ``"random"`` (``views`` distinct random views, anchor included in the draw)
+    or an explicit sequence of view indices.
+    """
+
+    def __init__(self, pairs: str | Sequence[int] = "anchor+random", views: int = 2, seed: int = 0):
+        if isinstance(pairs, str):
+            if pairs not in ("anchor+random", "random"):
+                raise ConfigError(f"pairs must be 'anchor+random', 'random' or a list of view indices, got {pairs!r}")
+            if pairs == "anchor+random" and views != 2:
+                raise ConfigError(f"pairs='anchor+random' returns 2 views, not {views}; use pairs='random' for more")
+            if isinstance(views, bool) or not isinstance(views, int) or views < 1:
+                raise ConfigError(f"views must be an integer >= 1, got {views!r}")
+        else:
+            pairs = [int(v) for v in pairs]
+            if not pairs or min(pairs) < 0:
+                raise ConfigError(f"explicit view indices must be a non-empty list of indices >= 0, got {pairs!r}")
+            views = len(pairs)
+        self.pairs, self.views, self.streams = pairs, views, Streams(seed)
+
+    def check_stored(self, stored: int) -> None:
+        """Raise ConfigError if a dataset with ``stored`` (1+K) views cannot serve this choice."""
+        need = max(self.pairs) + 1 if not isinstance(self.pairs, str) else (2 if self.pairs == "anchor+random" else self.views)
+        if need > stored:
+            raise ConfigError(f"the dataset stores {stored} views per sample (anchor + {stored - 1} positives); "
+                              f"cannot return {self.pairs if not isinstance(self.pairs, str) else f'{need} views'}")
+
+    def __call__(self, index: int, epoch: int, stored: int) -> list[int]:
+        if not isinstance(self.pairs, str):
+            return list(self.pairs)
+        u = self.streams.uniform([index], epoch, "*", "view-choice", stored)[0]
+        if self.pairs == "anchor+random":
+            return [0, 1 + int(u[0] * (stored - 1))]
+        return [int(v) for v in np.argsort(u, kind="stable")[: self.views]]

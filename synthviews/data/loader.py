@@ -1,0 +1,67 @@
+"""``loader(...)``: a ready DataLoader for ShardViews or ContinuousViews, with a resumable position."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader
+
+from ..errors import ConfigError
+from .continuous import ContinuousViews
+from .shards import ShardViews
+
+
+class ViewsLoader(DataLoader):
+    """A DataLoader that counts the batches it hands out, so training can resume mid-epoch.
+
+    ``state_dict()`` -> ``{"epoch", "batch", "seed"}``; ``load_state_dict`` makes the
+    next iteration start at that batch (ContinuousViews; ShardViews restarts its epoch).
+    """
+
+    def __iter__(self):
+        start = getattr(self.dataset, "_start", 0)
+        self._handed_out = start
+        for batch in super().__iter__():
+            self._handed_out += 1
+            yield batch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.dataset.set_epoch(epoch)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.dataset.epoch, "batch": getattr(self, "_handed_out", 0), "seed": self.dataset.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        if not hasattr(self.dataset, "load_state_dict"):
+            raise ConfigError("mid-epoch resume is supported for ContinuousViews; for ShardViews call "
+                              "set_epoch(epoch) and restart that epoch")
+        self.dataset.load_state_dict(state)
+
+
+def loader(source, batch_size: int = 256, num_workers: int = 0, pin_memory: bool | None = None,
+           **dataset_kwargs) -> ViewsLoader:
+    """A DataLoader over ``source``: a dataset folder / shard URLs / ``hf://`` repo (built into a
+    ShardViews with ``dataset_kwargs``), or a ShardViews / ContinuousViews instance.
+
+    ShardViews batches are collated here (every worker yields whole batches, so
+    ``len(loader)`` is exact and equal on every rank); ContinuousViews already
+    yields batches of its own ``batch_size``.
+    """
+    if pin_memory is None:
+        pin_memory = torch.cuda.is_available()
+    if isinstance(source, ContinuousViews):
+        if dataset_kwargs:
+            raise ConfigError("dataset options go to ContinuousViews itself, not to loader()")
+        if source.num_workers != num_workers:
+            raise ConfigError(f"ContinuousViews was built with num_workers={source.num_workers}, loader got {num_workers}")
+        return ViewsLoader(source, batch_size=None, num_workers=num_workers, pin_memory=False)
+    if isinstance(source, ShardViews):
+        if dataset_kwargs:
+            raise ConfigError("dataset options go to ShardViews itself, not to loader()")
+        if source.num_workers != num_workers or source.batch_size != batch_size:
+            raise ConfigError(f"ShardViews was built with num_workers={source.num_workers}, "
+                              f"batch_size={source.batch_size}; loader got {num_workers}, {batch_size}: pass the same")
+        dataset = source
+    else:
+        dataset = ShardViews(source, num_workers=num_workers, batch_size=batch_size, **dataset_kwargs)
+    return ViewsLoader(dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory,
+                       drop_last=True, persistent_workers=False)
