@@ -2,11 +2,11 @@
 
 from .errors import ConfigError
 from .latents import LatentGroup, Streams, TruncatedNormal
-from .models import MLVGM, available_models, load_model, register_model
+from .models import MLVGM, available_models, from_module, load_model, register_model
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ConfigError", "LatentGroup", "Streams", "TruncatedNormal",
-    "MLVGM", "available_models", "load_model", "register_model",
+    "MLVGM", "available_models", "from_module", "load_model", "register_model",
 ]

@@ -21,3 +21,12 @@ def test_readme_opens_with_exactly_two_commands_pinning_torch():
 def test_ci_runs_the_readmes_test_command():
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert _opening_commands()[1] in ci
+
+
+def test_the_own_model_example_runs_as_written():
+    text = (ROOT / "README.md").read_text()
+    code = text.split("### Your own model")[1].split("```python\n")[1].split("```")[0]
+    scope = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert scope["view"].shape == (4, 3, 8, 8)
+    assert 0 <= scope["view"].min() and scope["view"].max() <= 1

@@ -56,6 +56,7 @@ def load_model(name: str, **kwargs) -> MLVGM:
     return factory(**kwargs)
 
 
-from . import stylegan2, toy  # noqa: E402,F401  (registers the built-in families)
+from . import bigbigan, stylegan2, toy  # noqa: E402,F401  (registers the built-in families)
+from .adapter import ModuleMLVGM, from_module  # noqa: E402
 
-__all__ = ["MLVGM", "ChunkedLatents", "register_model", "load_model", "available_models"]
+__all__ = ["MLVGM", "ChunkedLatents", "ModuleMLVGM", "from_module", "register_model", "load_model", "available_models"]

@@ -1,0 +1,91 @@
+"""Generator throughput: images/s per model, resolution and batch size, random weights.
+
+Real architectures with random weights (speed does not depend on the values):
+StyleGAN2 config-f at 512 and 256 px (if ``synthviews.models.stylegan2`` is
+available), BigBiGAN 128 px, and the procedural ``toy`` at 64 px. Each row
+times ``decode(compose(anchor, {}))`` under ``torch.inference_mode`` after one
+warm-up call, best of ``--repeats``.
+
+Run: python benchmarks/bench_models.py [--device cuda] [--batch-sizes 1,4] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+import synthviews as sv
+from synthviews.latents import sample_prior
+
+STYLEGAN2_CONFIG_F = {  # stylegan2-ada-pytorch "config-f": 8 mapping layers, channel_base 32768, max 512
+    "z_dim": 512, "w_dim": 512, "img_channels": 3,
+    "mapping_kwargs": {"num_layers": 8}, "synthesis_kwargs": {"channel_base": 32768, "channel_max": 512},
+}
+
+
+def model_factories(device: str, amp: str, channels_last: bool):
+    """(label, resolution, factory) rows; a factory returns an MLVGM on ``device``."""
+    from synthviews.models import bigbigan  # noqa: F401  (registers "bigbigan")
+
+    rows = []
+    try:
+        from synthviews.models import stylegan2  # noqa: F401  (written separately; may be absent)
+        for res in (512, 256):
+            cfg = {**STYLEGAN2_CONFIG_F, "img_resolution": res}
+            rows.append(("stylegan2 config-f", res, lambda cfg=cfg: sv.load_model("stylegan2", config=cfg, device=device)))
+    except Exception as e:  # noqa: BLE001 - report and go on with the other models
+        print(f"note: skipping StyleGAN2 ({type(e).__name__}: {e})")
+    rows.append(("bigbigan", 128, lambda: sv.load_model(
+        "bigbigan", device=device, amp=amp, channels_last=channels_last)))
+    rows.append(("toy", 64, lambda: sv.load_model("toy", resolution=64).to(device)))
+    return rows
+
+
+def best_of(fn, repeats: int, device: str) -> float:
+    def run():
+        fn()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    run()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch-sizes", default="1,4")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"], help="BigBiGAN autocast (fp16: CUDA)")
+    parser.add_argument("--channels-last", action="store_true", help="BigBiGAN memory format")
+    args = parser.parse_args()
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+
+    print(f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads, "
+          f"bigbigan amp {args.amp}{', channels_last' if args.channels_last else ''}")
+    print(f"| {'model':<20} | {'res':>4} | {'batch':>5} | {'ms/batch':>9} | {'images/s':>9} |")
+    print(f"|{'-' * 22}|{'-' * 6}|{'-' * 7}|{'-' * 11}|{'-' * 11}|")
+    for label, res, factory in model_factories(args.device, args.amp, args.channels_last):
+        try:
+            model = factory()
+        except Exception as e:  # noqa: BLE001
+            print(f"note: could not build {label} {res}px ({type(e).__name__}: {e})")
+            continue
+        streams = sv.Streams(0)
+        for b in batch_sizes:
+            z = sample_prior(model.prior, streams, range(b), model.latent_dim).to(args.device)
+            with torch.inference_mode():
+                t = best_of(lambda: model.decode(model.compose(z, {})), args.repeats, args.device)
+            print(f"| {label:<20} | {res:>4} | {b:>5} | {t * 1e3:>9.1f} | {b / t:>9.2f} |", flush=True)
+        del model
+
+
+if __name__ == "__main__":
+    main()
