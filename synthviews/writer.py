@@ -78,6 +78,7 @@ def generate(out: str | Path, model: str | MLVGM = "toy", policy=None, *, sample
         "image": {"format": format, "quality": quality, "shape": list(model.image_shape)},
     }
 
+    meta = {"seed": seed, "model_id": config["model"]["model_id"], "policy_id": config["policy_id"], "views": views}
     ranges = shard_ranges(samples, shard_size)
     done = _check_out_folder(out, split, config, resume)
     todo = [s for s in range(len(ranges)) if ranks.owns(s) and s not in done]
@@ -106,20 +107,17 @@ def generate(out: str | Path, model: str | MLVGM = "toy", policy=None, *, sample
                 first, count = ranges[s]
                 for start in range(first, first + count, batch_size):
                     idx = np.arange(start, min(start + batch_size, first + count))
-                    pipeline.submit(s, _encode_job(sampler, idx, format, quality, save_latents, pipeline.pool))
+                    pipeline.submit(s, _encode_job(sampler, idx, meta, format, quality, save_latents, pipeline.pool))
                     bar.update(len(idx))
                     bar.set_postfix_str(f"{bar.format_dict['rate'] or 0:.0f} samples/s, "
                                         f"{(bar.format_dict['rate'] or 0) * (1 + views):.0f} views/s", refresh=False)
                 pipeline.end_shard(s, first, count)
         bar.close()
 
-        if ranks.world_size == 1:
-            _finish(out, split)
-        elif ranks.use_torch_distributed:
+        if ranks.world_size == 1 or ranks.use_torch_distributed:  # independent jobs end with `synthviews merge`
             barrier(ranks)
             if ranks.rank == 0:
-                merge(out, split)
-                _finish(out, split)
+                write_card(out, merge(out, split))  # also folds in progress files of an earlier multi-rank run
             barrier(ranks)
     finally:
         destroy_process_group(ranks)
@@ -161,23 +159,16 @@ def _record_progress(out: Path, split: str, config: dict, mine: dict, num_shards
         write_progress(out, split, ranks.rank, ranks.world_size, split_entry(config, mine, num_shards))
 
 
-def _finish(out: Path, split: str) -> None:
-    manifest = read_manifest(out)
-    if manifest is None or not manifest["splits"].get(split, {}).get("complete"):
-        raise RuntimeError(f"{out}: split {split!r} is not complete after generation")
-    write_card(out, manifest)
-
-
-def _encode_job(sampler: ViewSampler, idx: np.ndarray, fmt: str, quality, save_latents: bool,
+def _encode_job(sampler: ViewSampler, idx: np.ndarray, base: dict, fmt: str, quality, save_latents: bool,
                 pool: ThreadPoolExecutor) -> Future:
-    """Decode on the device now; encode in the pool later. Returns a future of WebDataset samples."""
+    """Decode on the device now; encode in the pool later. Returns a future of WebDataset samples.
+
+    ``base`` is the json metadata every sample shares (seed, model id, policy id, views)."""
     batch = sampler.sample(idx)
     pixels = to_uint8(batch.images)  # (B, 1+K, H, W, C) uint8, on the CPU
     latents = batch.codes.float().cpu().numpy() if save_latents else None
     deltas = batch.deltas.numpy()  # (B, K, G)
     groups = sampler.model.group_names
-    base = {"seed": sampler.seed, "model_id": sampler.model.model_id, "policy_id": sampler.policy.policy_id,
-            "views": sampler.views}
 
     def encode() -> list[dict]:
         return [encode_sample(int(i), pixels[b], {**base, "index": int(i),
@@ -284,7 +275,5 @@ class _ShardPipeline:
                 stream.close()
             if tmp is not None:
                 tmp.unlink(missing_ok=True)
-
-
 
 __all__ = ["generate", "merge"]

@@ -76,6 +76,13 @@ def test_independent_jobs_and_merge_give_the_same_dataset(tmp_path, reference):
     assert _files(out) == _files(reference)
 
 
+def test_a_single_process_run_finishes_what_independent_jobs_started(tmp_path, reference):
+    out = tmp_path / "mixed"
+    generate(out, **SMALL, rank=1, world_size=2)
+    generate(out, **SMALL)  # does shards 0 and 2, folds rank 1's progress file into the manifest
+    assert _files(out) == _files(reference)
+
+
 def test_png_webp_and_latents(tmp_path):
     for fmt in ("png", "webp"):
         out = tmp_path / fmt

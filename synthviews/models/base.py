@@ -105,16 +105,20 @@ class MLVGM(nn.Module):
 
     @property
     def model_id(self) -> str:
-        """Stable id for manifests: family, config hash and weights hash."""
-        return f"{self.family}-{self.config_sha256()[:8]}-{self.weights_sha256()[:12]}"
+        """Stable id for manifests: family, config hash and weights hash (hashes every weight: not for hot loops)."""
+        return self._model_id(self.weights_sha256())
+
+    def _model_id(self, weights_sha256: str) -> str:
+        return f"{self.family}-{self.config_sha256()[:8]}-{weights_sha256[:12]}"
 
     def describe(self) -> dict:
         """Everything a manifest needs to say which generator made a dataset."""
+        weights_sha256 = self.weights_sha256()
         return {
             "family": self.family,
-            "model_id": self.model_id,
+            "model_id": self._model_id(weights_sha256),
             "config": self.config,
-            "weights_sha256": self.weights_sha256(),
+            "weights_sha256": weights_sha256,
             "license": self.license,
             "license_link": self.license_link,
             "source": self.source,
