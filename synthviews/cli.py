@@ -188,6 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dataset", nargs="?", help="a dataset folder written by `synthviews generate`")
     _add_model_args(p)
     p.set_defaults(model=None, run=_cmd_info)
+
+    from .hub import add_push_command
+
+    add_push_command(verbs)
     return parser
 
 

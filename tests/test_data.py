@@ -250,3 +250,15 @@ def test_continuous_mixes_real_images_at_the_given_ratio():
     assert 0.18 < is_real.float().mean() < 0.32
     with pytest.raises(sv.ConfigError, match="map-style"):
         _continuous(real=iter(real), real_ratio=0.5)
+
+
+def test_t_x_presets_apply_per_view_reproducibly(dataset):
+    a = [views for views, _ in ShardViews(dataset, shuffle=0, t_x="simclr", t_x_size=12)][:5]
+    b = [views for views, _ in ShardViews(dataset, shuffle=0, t_x="simclr", t_x_size=12)][:5]
+    assert a[0][0].shape == (3, 12, 12)
+    assert all(torch.equal(x, y) for va, vb in zip(a, b) for x, y in zip(va, vb))
+    c = ContinuousViews(sv.load_model("toy", resolution=16), epoch_samples=32, batch_size=8, t_x="no_color",
+                        t_x_size=12)
+    first, again = next(iter(c)), next(iter(c))
+    assert first[0][0].shape == (8, 3, 12, 12) and torch.equal(first[0][1], again[0][1])
+    assert not torch.equal(first[0][0], first[0][1])

@@ -1,0 +1,118 @@
+"""Loader throughput: ShardViews vs bare webdataset + PIL vs ImageFolder-of-PNG, and
+ContinuousViews vs a bare generation loop. One table, all measured in this run.
+
+Run: python benchmarks/bench_loader.py [--samples N] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import webdataset as wds
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+import synthviews as sv
+from synthviews.data import ContinuousViews, loader
+from synthviews.views import ViewSampler
+from synthviews.writer import generate
+
+BATCH = 64
+
+
+def _tensor(data: bytes) -> torch.Tensor:
+    with Image.open(io.BytesIO(data)) as im:
+        return torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1).float().div_(255)
+
+
+def _bare_item(sample):
+    return [_tensor(sample["view0.jpg"]), _tensor(sample["view1.jpg"])], int(sample["__key__"])
+
+
+class PngPairs(Dataset):
+    """What peer tools do: one PNG file per view, opened by path."""
+
+    def __init__(self, folder: Path, n: int):
+        self.folder, self.n = folder, n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return [_tensor((self.folder / f"{i:06d}_{v}.png").read_bytes()) for v in (0, 1)], i
+
+
+def rate(make_loader, views_per_item: int = 2) -> float:
+    """Views per second over one full pass (after a one-batch warm-up pass of a fresh loader)."""
+    dl = make_loader()
+    t, n = time.perf_counter(), 0
+    for views, _ in dl:
+        n += views[0].shape[0] * views_per_item
+    return n / (time.perf_counter() - t)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=4096)
+    parser.add_argument("--resolution", type=int, default=128)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    n = 512 if args.quick else args.samples
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        out = tmp / "ds"
+        generate(out, samples=n, views=2, shard_size=n // 8, model_kwargs={"resolution": args.resolution})
+        urls = sorted(str(p) for p in out.glob("train-*.tar"))
+        pngs = tmp / "png"
+        pngs.mkdir()
+        for url in urls:
+            for sample in wds.WebDataset(url, shardshuffle=False):
+                i = int(sample["__key__"])
+                for v in (0, 1):
+                    Image.open(io.BytesIO(sample[f"view{v}.jpg"])).save(pngs / f"{i:06d}_{v}.png")
+
+        rows = []
+        for workers in (1, 2):
+            ours = rate(lambda: loader(out, batch_size=BATCH, num_workers=workers, shuffle=0, pairs=[0, 1]))
+            bare = rate(lambda: DataLoader(
+                wds.DataPipeline(wds.SimpleShardList(urls), wds.split_by_worker, wds.tarfile_to_samples(),
+                                 wds.map(_bare_item)),
+                batch_size=BATCH, num_workers=workers))
+            png = rate(lambda: DataLoader(PngPairs(pngs, n), batch_size=BATCH, num_workers=workers))
+            rows += [(f"ShardViews, {workers} worker(s)", ours, ours / bare, ours / png),
+                     (f"bare webdataset + PIL, {workers} worker(s)", bare, 1.0, bare / png),
+                     (f"ImageFolder of PNG files, {workers} worker(s)", png, png / bare, 1.0)]
+
+        model = sv.load_model("toy", resolution=args.resolution)
+        sampler = ViewSampler(model, views=1, seed=0)
+        batches = n // BATCH
+
+        def bare_loop():
+            t = time.perf_counter()
+            for b in range(batches):
+                sampler.sample(np.arange(b * BATCH, (b + 1) * BATCH))
+            return batches * BATCH * 2 / (time.perf_counter() - t)
+
+        torch.set_num_threads(2)
+        bare_gen = bare_loop()
+        cont = rate(lambda: loader(ContinuousViews(model, views=2, epoch_samples=n, batch_size=BATCH, t_x=None)))
+        rows += [("ContinuousViews (toy, no T_x)", cont, cont / bare_gen, float("nan")),
+                 ("bare ViewSampler loop (toy)", bare_gen, 1.0, float("nan"))]
+
+    print(f"{n} samples x 2 views, {args.resolution} px JPEG q95, batch {BATCH}, torch threads 1 in loaders")
+    print(f"| {'loader':<44} | {'views/s':>8} | {'vs bare':>8} | {'vs PNG':>7} |")
+    print(f"|{'-' * 46}|{'-' * 10}|{'-' * 10}|{'-' * 9}|")
+    for name, r, vs_bare, vs_png in rows:
+        print(f"| {name:<44} | {r:>8.0f} | {vs_bare:>7.2f}x | {vs_png:>6.2f}x |")
+    print("(ContinuousViews rows compare with the bare generation loop, not with the shard readers.)")
+
+
+if __name__ == "__main__":
+    main()
