@@ -229,6 +229,13 @@ def test_continuous_loader_with_workers_resumes_to_the_identical_next_batch():
     assert len(rest) == 5 and all(torch.equal(a, b) for a, b in zip(rest, reference[7:]))
 
 
+def test_continuous_views_can_be_trained_on():
+    views, _ = _continuous(t_x="none", t_x_size=12).batch(np.arange(8))
+    weight = torch.ones(3, requires_grad=True)
+    (views[0] * weight[:, None, None]).sum().backward()  # inference-mode tensors would refuse this
+    assert weight.grad is not None and not views[0].is_inference()
+
+
 def test_continuous_views_match_the_view_sampler_and_output_formats():
     from synthviews.views import ViewSampler
 

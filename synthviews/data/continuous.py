@@ -110,7 +110,7 @@ class ContinuousViews(torch.utils.data.IterableDataset):
             yield item
         self._start, self._consumed = 0, 0
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: the views feed a model that is trained on them
     def batch(self, indices: np.ndarray):
         """The item for a batch of sample indices: views on the device, T_x applied."""
         indices = np.asarray(indices, dtype=np.int64)
