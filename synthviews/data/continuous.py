@@ -25,6 +25,7 @@ import webdataset as wds
 from ..errors import ConfigError
 from ..latents import Streams
 from ..views import ViewSampler
+from .augment import Augment, make_augment
 from .formats import check_output, format_item
 
 
@@ -59,13 +60,11 @@ class ContinuousViews(torch.utils.data.IterableDataset):
             raise ConfigError("real_ratio > 0 needs real=, a map-style dataset (with __len__ and __getitem__)")
         self.sampler = ViewSampler(model, policy, views=views - 1, seed=seed, device=device, amp=amp)
         self.output = check_output(output)
-        self.t_x_seeded = isinstance(t_x, str)  # presets take a seed: reproducible per-sample parameters
         if isinstance(t_x, str):
-            from .augment import make_augment
-
             t_x = make_augment(t_x, size=t_x_size)
         elif t_x is not None and not callable(t_x):
             raise ConfigError(f"t_x must be a preset name, a callable or None, got {type(t_x).__name__}")
+        self.t_x_seeded = isinstance(t_x, Augment)  # presets take a seed: reproducible per-sample parameters
         self.t_x, self.views, self.seed = t_x, views, seed
         self.epoch_samples, self.batch_size, self.num_workers = epoch_samples, batch_size, int(num_workers)
         self.real, self.real_ratio = real, float(real_ratio)

@@ -22,6 +22,7 @@ from PIL import Image
 from ..errors import ConfigError
 from ..latents import Streams
 from ..manifest import MANIFEST_NAME
+from .augment import Augment, make_augment
 from .formats import ViewChoice, check_output, format_item
 
 
@@ -89,8 +90,9 @@ class ShardViews(torch.utils.data.IterableDataset):
     - ``pairs``: ``"anchor+random"`` (default), ``"random"`` or explicit view indices; the
       choice is a pure function of (seed, epoch, sample index).
     - ``output``: ``tuple``/``lightly``/``solo``/``dict``/``stablerep`` (see ``formats``).
-    - ``t_x``: an augmentation preset name (``simclr``, ``no_color``, ``no_crop``, ``none``)
-      or any callable on a (C, H, W) float tensor; views are float in [0, 1] before it.
+    - ``t_x``: an augmentation preset name (``simclr``, ``no_color``, ``no_crop``, ``none``),
+      an ``Augment`` (both seeded per sample and epoch) or any callable on a (C, H, W)
+      float tensor; views are float in [0, 1] before it.
     - ``shuffle``: shuffle-buffer size (0: read in order); shard order is also shuffled
       per epoch. ``seed`` fixes both. Call :meth:`set_epoch` before each epoch.
     - ``resampled``: sample shards with replacement forever; each slot yields
@@ -217,10 +219,8 @@ def _make_t_x(t_x, size: int):
     """A per-view transform ``f(x (C, H, W), seed) -> tensor`` from a preset name or a callable."""
     if t_x is None:
         return None
-    if isinstance(t_x, str):
-        from .augment import make_augment
-
-        augment = make_augment(t_x, size=size)
+    if isinstance(t_x, (str, Augment)):
+        augment = make_augment(t_x, size=size) if isinstance(t_x, str) else t_x
         return lambda x, seed: augment(x[None], seed=seed)[0]
     if callable(t_x):
         return lambda x, seed: t_x(x)
