@@ -83,3 +83,30 @@ def test_info_lists_groups_and_prints_a_loadable_default_policy(capsys):
     for group in ("shape", "pose", "color", "texture", "inert"):
         assert group in text
     assert main(["info"]) == 0 and "toy" in capsys.readouterr().out
+
+
+def test_preview_and_generate_with_the_real_generators(tmp_path, compat_dir):
+    import shutil
+
+    shutil.copy(compat_dir / "stylegan2" / "tiny1_state_dict.pt", tmp_path / "tiny1.pt")
+    shutil.copy(compat_dir / "stylegan2" / "tiny1_config.json", tmp_path / "tiny1.json")  # the config beside it
+    assert main(["preview", "--model", "stylegan2", "--path", str(tmp_path / "tiny1.pt"), "--samples", "2",
+                 "--views", "2", "--out", str(tmp_path / "sg.png")]) == 0
+    assert main(["preview", "--model", "bigbigan", "--path", str(compat_dir / "bigbigan" / "tiny_state_dict.pt"),
+                 "--samples", "2", "--views", "2", "--out", str(tmp_path / "bb.png")]) == 0
+    with Image.open(tmp_path / "sg.png") as a, Image.open(tmp_path / "bb.png") as b:
+        assert a.size == (2 + 3 * 34, 2 + 2 * 34) and b.size == (2 + 3 * 130, 2 + 2 * 130)
+    assert main(["generate", "--model", "stylegan2", "--path", str(tmp_path / "tiny1.pt"), "--samples", "6",
+                 "--views", "1", "--shard-size", "3", "--out", str(tmp_path / "ds"), "--no-progress"]) == 0
+    from synthviews.verify import verify
+
+    assert verify(tmp_path / "ds") == []
+
+
+def test_a_bad_model_file_is_one_line_and_exit_2(tmp_path, capsys):
+    bad = tmp_path / "model.pt"
+    bad.write_bytes(b"not a checkpoint")
+    assert main(["preview", "--model", "bigbigan", "--path", str(bad), "--out", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert "model.pt" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x.png").exists()
