@@ -27,8 +27,8 @@ from .encode import check_format, encode_sample
 from .errors import ConfigError
 from .files import sha256_file
 from .images import to_uint8
-from .manifest import (FORMAT_VERSION, check_split, done_shards, merge, read_manifest, read_progress, shard_name,
-                       shard_ranges, split_entry, write_manifest, write_progress)
+from .manifest import (FORMAT_VERSION, MANIFEST_NAME, check_split, done_shards, merge, progress_name, read_manifest,
+                       read_progress, shard_name, shard_ranges, split_entry, write_manifest, write_progress)
 from .models import MLVGM, load_model
 from .views import ViewSampler
 
@@ -143,10 +143,20 @@ def _check_out_folder(out: Path, split: str, config: dict, resume: bool) -> dict
 
 
 def _remove_stale_temporaries(out: Path, split: str, ranks: Ranks) -> None:
-    """Temporary shards of a killed run of this rank: never visible, now removed."""
+    """Temporary files a killed run of this rank left (never visible under a final name): removed.
+
+    Shards this rank owns, its progress file and, on rank 0 (the only writer of
+    the manifest and the card), those too. Other ranks' temporaries are theirs.
+    """
     for tmp in out.glob(f".{split}-*.tar.*.tmp"):
         shard = int(tmp.name[len(split) + 2:].split(".")[0])
         if ranks.owns(shard):
+            tmp.unlink(missing_ok=True)
+    names = [progress_name(split, ranks.rank, ranks.world_size)]
+    if ranks.rank == 0:
+        names += [MANIFEST_NAME, "README.md", "preview.png"]
+    for name in names:
+        for tmp in out.glob(f".{name}.*.tmp"):
             tmp.unlink(missing_ok=True)
 
 

@@ -153,6 +153,7 @@ def test_kill_9_then_rerun_is_byte_identical_to_an_uninterrupted_run(tmp_path):
     assert visible - listed <= {f"train-{len(listed):06d}.tar"}  # renamed, manifest not yet updated
     assert all("incomplete" in p for p in verify(out))
 
+    (out / ".synthviews.json.12345.abcd1234.tmp").write_text("{")  # as if killed inside an atomic write
     assert _cli(*GEN, "--out", str(out), "--resume").returncode == 0
     assert _cli(*GEN, "--out", str(ref)).returncode == 0
     assert _files(out) == _files(ref)
