@@ -189,8 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.set_defaults(model=None, run=_cmd_info)
 
+    from .analysis.commands import add_commands
     from .hub import add_push_command
 
+    add_commands(verbs)
     add_push_command(verbs)
     return parser
 

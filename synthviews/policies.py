@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, ClassVar, Mapping
@@ -229,10 +230,20 @@ def _check_keys(d: Mapping, allowed: set[str]) -> None:
                           f"allowed: {', '.join(sorted(allowed))}")
 
 
+_POLICY_DIR: ContextVar[Path | None] = ContextVar("synthviews_policy_dir", default=None)
+
+
+def policy_file_dir() -> Path | None:
+    """The folder of the policy file being loaded (paths inside a policy file are relative to it)."""
+    return _POLICY_DIR.get()
+
+
 def policy_from_dict(d) -> Policy:
     if not isinstance(d, Mapping):
         raise ConfigError(f"a policy must be a mapping with a 'kind' key, got {type(d).__name__}")
     kind = d.get("kind")
+    if kind == "walker" and kind not in _KINDS:
+        import synthviews.analysis  # noqa: F401  (registers the learned-walker policy)
     if kind not in _KINDS:
         raise ConfigError(f"unknown policy kind {kind!r}; known kinds: {', '.join(sorted(_KINDS))}")
     return _KINDS[kind](d)
@@ -252,10 +263,13 @@ def load_policy(path: str | Path) -> Policy:
     except (yaml.YAMLError, json.JSONDecodeError) as e:
         raise ConfigError(f"policy file {path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: "
                           f"{' '.join(str(e).split())}") from None
+    token = _POLICY_DIR.set(path.parent)
     try:
         return policy_from_dict(data)
     except ConfigError as e:
         raise ConfigError(f"policy file {path}: {e}") from None
+    finally:
+        _POLICY_DIR.reset(token)
 
 
 def save_policy(policy: Policy, path: str | Path) -> None:
@@ -280,4 +294,4 @@ def resolve_policy(policy, model: MLVGM) -> Policy:
 
 
 __all__ = ["GroupNoise", "Policy", "GaussianPolicy", "RandomSubsetPolicy", "register_policy",
-           "policy_from_dict", "load_policy", "save_policy", "resolve_policy"]
+           "policy_from_dict", "policy_file_dir", "load_policy", "save_policy", "resolve_policy"]

@@ -8,10 +8,13 @@ does) is the test bench for the MI analysis:
 ===========  ====  ============================================================
 group        size  effect on the image
 ===========  ====  ============================================================
-``shape``       3  coarse layout: roundness (diamond .. circle .. square),
-                   aspect ratio and size of the object. The "semantic" group.
-``pose``        3  position (x, y) and in-plane rotation of the object.
-``color``       6  object RGB (3) and background RGB (3).
+``shape``       3  the "class": roundness (diamond .. circle .. square),
+                   aspect ratio and size of the object, and with them its
+                   base position and base palette. The semantic group.
+``pose``        3  a bounded offset of the position (x, y), and the
+                   in-plane rotation of the object.
+``color``       6  bounded shifts of the object RGB (3) and background
+                   RGB (3) around the shape's palette.
 ``texture``     4  fine stripes on the object: frequency, direction, phase,
                    contrast. Small pixel change, mostly high frequency.
 ``inert``       4  nothing: no pixel depends on it (MI stays at its ceiling).
@@ -32,9 +35,9 @@ from . import register_model
 from .base import MLVGM, ChunkedLatents
 
 _GROUPS = (
-    ("shape", 3, "roundness, aspect ratio and size of the object (coarse layout)"),
-    ("pose", 3, "object position (x, y) and rotation"),
-    ("color", 6, "object RGB and background RGB"),
+    ("shape", 3, "the class: form, aspect, size, base position and palette"),
+    ("pose", 3, "offset of the position (x, y) and rotation"),
+    ("color", 6, "shifts of the object and background RGB"),
     ("texture", 4, "stripe frequency, direction, phase and contrast on the object"),
     ("inert", 4, "no effect on any pixel"),
 )
@@ -46,7 +49,7 @@ class ToyModel(ChunkedLatents, MLVGM):
 
     family = "toy"
     license = "mit"
-    VERSION = 1  # bump when the rendering changes: it is part of the model id
+    VERSION = 2  # bump when the rendering changes: it is part of the model id
 
     def __init__(self, resolution: int = 64, edge_sharpness: float = 12.0):
         super().__init__()
@@ -89,8 +92,10 @@ class ToyModel(ChunkedLatents, MLVGM):
         z = code.to(self.grid_x.device, torch.float32)[:, :, None, None]  # (B, 20, 1, 1)
         shape, pose, color, texture = z[:, 0:3], z[:, 3:6], z[:, 6:12], z[:, 12:16]  # z[:, 16:20] is inert
 
-        # Pose: centre in (-0.4, 0.4)^2, rotation by 2*atan(t), t in (-1, 1).
-        cx, cy = 0.4 * _squash(pose[:, 0:1]), 0.4 * _squash(pose[:, 1:2])
+        # Position: a base set by the shape ("class") plus a bounded pose offset; rotation by 2*atan(t).
+        s0, s1, s2 = shape[:, 0:1], shape[:, 1:2], shape[:, 2:3]
+        cx = 0.3 * _squash(s0 + s2) + 0.3 * _squash(pose[:, 0:1])
+        cy = 0.3 * _squash(s1 - s0) + 0.3 * _squash(pose[:, 1:2])
         cos, sin = _rotation(_squash(pose[:, 2:3]))
         dx, dy = self.grid_x - cx, self.grid_y - cy  # (B, 1, H, W)
 
@@ -114,8 +119,11 @@ class ToyModel(ChunkedLatents, MLVGM):
         wave = 16 * (s * s) * ((1 - s) * (1 - s))
         stripes = 1 - 0.2 * (1 + _squash(texture[:, 3:4])) * wave  # in (0.6, 1]
 
-        foreground = (0.5 + 0.5 * _squash(1.5 * color[:, 0:3])) * stripes  # (B, 3, H, W)
-        background = 0.5 + 0.5 * _squash(1.5 * color[:, 3:6])
+        # Colours: a base palette set by the shape, shifted within bounds by the colour group.
+        foreground_base = torch.cat([s0, s1, s2], dim=1)
+        background_base = 0.7 * torch.cat([s2 - s1, s0 + s1, -s2], dim=1)
+        foreground = (0.5 + 0.5 * _squash(1.5 * (foreground_base + 0.4 * _squash(color[:, 0:3])))) * stripes
+        background = 0.5 + 0.5 * _squash(1.5 * (background_base + 0.4 * _squash(color[:, 3:6])))  # (B, 3, 1, 1)
         return background + (foreground - background) * mask
 
 
