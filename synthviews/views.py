@@ -74,9 +74,16 @@ class ViewSampler:
                 out[:, v - 1, g] = (per_view[v] - per_view[0]).pow(2).sum(dim=1).sqrt()
         return out
 
-    @torch.inference_mode()
-    def sample(self, indices) -> ViewBatch:
-        """Latents and images for ``indices``: images (B, 1+K, C, H, W) in [0, 1] on the device."""
+    def sample(self, indices, inference: bool = True) -> ViewBatch:
+        """Latents and images for ``indices``: images (B, 1+K, C, H, W) in [0, 1] on the device.
+
+        Runs under ``torch.inference_mode``; ``inference=False`` uses ``no_grad`` instead,
+        for views that later feed a model being trained (inference tensors cannot).
+        """
+        with torch.inference_mode() if inference else torch.no_grad():
+            return self._sample(indices)
+
+    def _sample(self, indices) -> ViewBatch:
         batch = self.latents(indices)
         flat = batch.codes.flatten(0, 1)  # (B*(1+K), ...)
         with amp_context(self.device, self.amp):

@@ -113,17 +113,10 @@ class ContinuousViews(torch.utils.data.IterableDataset):
     def batch(self, indices: np.ndarray):
         """The item for a batch of sample indices: views on the device, T_x applied."""
         indices = np.asarray(indices, dtype=np.int64)
-        c, h, w = self.sampler.model.image_shape
-        device = self.sampler.device
-        images = torch.empty(len(indices), self.views, c, h, w, device=device)
-        real = np.zeros(len(indices), dtype=bool)
-        if self.real_ratio > 0:
-            real = self.streams.uniform(indices, 0, "*", "real", 1)[:, 0] < self.real_ratio
-            picks = (self.streams.uniform(indices[real], 0, "*", "real-index", 1)[:, 0] * len(self.real)).astype(int)
-            for row, j in zip(np.flatnonzero(real), picks):
-                images[row] = _real_image(self.real[int(j)], (c, h, w)).to(device)
-        if (~real).any():
-            images[torch.from_numpy(~real).to(device)] = self.sampler.sample(indices[~real]).images
+        if self.real_ratio == 0:
+            images = self.sampler.sample(indices, inference=False).images  # (B, V, C, H, W)
+        else:
+            images = self._mixed(indices)
         views = []
         for v in range(self.views):
             x = images[:, v]
@@ -132,6 +125,19 @@ class ContinuousViews(torch.utils.data.IterableDataset):
                 x = self.t_x(x, seed=seed) if self.t_x_seeded else self.t_x(x)
             views.append(x)
         return format_item(self.output, views, torch.from_numpy(indices), None)
+
+    def _mixed(self, indices: np.ndarray) -> torch.Tensor:
+        """Images where a ``real_ratio`` share of the samples (chosen per index) are real images."""
+        c, h, w = self.sampler.model.image_shape
+        device = self.sampler.device
+        images = torch.empty(len(indices), self.views, c, h, w, device=device)
+        real = self.streams.uniform(indices, 0, "*", "real", 1)[:, 0] < self.real_ratio
+        picks = (self.streams.uniform(indices[real], 0, "*", "real-index", 1)[:, 0] * len(self.real)).astype(int)
+        for row, j in zip(np.flatnonzero(real), picks):
+            images[row] = _real_image(self.real[int(j)], (c, h, w)).to(device)
+        if (~real).any():
+            images[torch.from_numpy(~real).to(device)] = self.sampler.sample(indices[~real], inference=False).images
+        return images
 
 
 def _real_image(item, shape: tuple[int, int, int]) -> torch.Tensor:
