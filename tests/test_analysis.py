@@ -24,11 +24,6 @@ TINY = Settings(stds=(0.5, 2.0), pairs=128, eval_pairs=128, batch=32, eval_batch
 
 
 @pytest.fixture(scope="module")
-def toy16():
-    return sv.load_model("toy", resolution=16)
-
-
-@pytest.fixture(scope="module")
 def report(tmp_path_factory, toy16):
     out = tmp_path_factory.mktemp("analysis") / "toy"
     result = analyze(toy16, out, settings=TINY, device="cpu", preview_samples=3)

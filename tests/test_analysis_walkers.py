@@ -19,11 +19,6 @@ SMALL = WalkerSettings(steps=40, batch=32, warmup=10, eval_every=10, patience=10
 
 
 @pytest.fixture(scope="module")
-def toy16():
-    return sv.load_model("toy", resolution=16)
-
-
-@pytest.fixture(scope="module")
 def trained(tmp_path_factory, toy16):
     out = tmp_path_factory.mktemp("walkers") / "shape.pt"
     return out, train_walker(toy16, "shape", out, SMALL, device="cpu")

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import synthviews as sv
-from synthviews.data import ContinuousViews, ShardViews, loader
+from synthviews.data import ContinuousViews, loader
 from synthviews.writer import generate
 
 

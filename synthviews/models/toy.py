@@ -27,7 +27,6 @@ a perturbation adds noise to the chunk, as for BigBiGAN.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from ..errors import ConfigError
 from ..latents import LatentGroup, TruncatedNormal
