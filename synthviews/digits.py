@@ -1,0 +1,187 @@
+"""scikit-learn's bundled handwritten digits, with the one fixed train/test split of this project.
+
+The data are the 1,797 8x8 images of ``sklearn.datasets.load_digits`` (pixel
+values 0..16, 10 classes, shipped inside scikit-learn: nothing is
+downloaded). :func:`split_indices` is the single source of the split used
+everywhere (GAN training, the sanity classifier, any evaluation):
+``train_test_split(arange(1797), test_size=0.25, random_state=0,
+stratify=labels)``, i.e. 1,347 training and 450 test images, each class in
+the same proportion in both parts.
+
+:func:`load_digits_split` returns float32 images in [0, 1] of shape
+(N, 1, R, R) (R = 32 by default) and int64 labels. The 8x8 grid is scaled by
+1/16 and upsampled with bilinear interpolation (``align_corners=False``, the
+pixel-area convention: each source pixel covers a 4x4 block whose centre
+keeps its value, so the digit is not shifted). Bilinear never overshoots, so
+the values stay in [0, 1] without clamping (bicubic would ring). Upsampling
+to 32x32 is needed because the project's StyleGAN2 produces power-of-two
+resolutions from 4 upward, and 32 leaves room for three synthesis blocks.
+
+Needs scikit-learn (``pip install scikit-learn``, or the ``digits`` extra).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import ConfigError
+
+NUM_CLASSES = 10
+NUM_IMAGES = 1797
+TEST_SIZE = 0.25
+SPLIT_SEED = 0
+
+
+def _sklearn():
+    try:
+        import sklearn.datasets
+        import sklearn.model_selection
+    except ImportError:
+        raise ConfigError("the digits data set needs scikit-learn: pip install scikit-learn "
+                          "(or pip install 'synthviews[digits]')") from None
+    return sklearn
+
+
+def _raw() -> tuple[np.ndarray, np.ndarray]:
+    """(1797, 8, 8) float pixel values 0..16 and (1797,) int labels."""
+    data = _sklearn().datasets.load_digits()
+    return np.asarray(data.images, dtype=np.float32), np.asarray(data.target, dtype=np.int64)
+
+
+def split_indices() -> dict[str, np.ndarray]:
+    """The fixed split: {"train": 1347 indices, "test": 450 indices} into load_digits() order."""
+    sklearn = _sklearn()
+    _, labels = _raw()
+    train, test = sklearn.model_selection.train_test_split(
+        np.arange(len(labels)), test_size=TEST_SIZE, random_state=SPLIT_SEED, stratify=labels)
+    return {"train": np.asarray(train, dtype=np.int64), "test": np.asarray(test, dtype=np.int64)}
+
+
+def upsample(images: torch.Tensor, resolution: int) -> torch.Tensor:
+    """(N, 1, 8, 8) in [0, 1] -> (N, 1, resolution, resolution), bilinear, align_corners=False."""
+    if resolution == images.shape[-1]:
+        return images
+    return F.interpolate(images, size=(resolution, resolution), mode="bilinear", align_corners=False)
+
+
+def load_digits_split(split: str = "train", resolution: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (N, 1, resolution, resolution) float32 in [0, 1] and labels (N,) int64 of one split.
+
+    ``split``: "train", "test" or "all" (all 1797 in load_digits() order).
+    """
+    if split not in ("train", "test", "all"):
+        raise ConfigError(f"digits split must be 'train', 'test' or 'all', got {split!r}")
+    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 8:
+        raise ConfigError(f"digits resolution must be an integer >= 8, got {resolution!r}")
+    images, labels = _raw()
+    if split != "all":
+        idx = split_indices()[split]
+        images, labels = images[idx], labels[idx]
+    x = torch.from_numpy(images / 16.0).to(torch.float32)[:, None]
+    return upsample(x, resolution).clamp_(0, 1), torch.from_numpy(labels)
+
+
+WEIGHTS = "weights/digits_stylegan2.safetensors"
+
+
+def digits_model(groups="4", truncation_psi: float = 1.0, truncation_cutoff: int | None = None,
+                 noise_mode: str = "const", prior_truncation=None, resolution=None, crop=None, device=None):
+    """The shipped StyleGAN2 trained on the digits train split (32x32, 1 channel), as an MLVGM.
+
+    Options are those of the ``stylegan2`` family (see :class:`StyleGAN2`)
+    except the weights, which are the shipped file. The default 4 groups
+    split the 8 W+ rows as 0_2 (4 px), 2_4 (4-8 px), 4_6 (8-16 px) and 6_8
+    (16-32 px): with the style mixing used in training the first groups
+    decide which digit it is and its layout, the last ones the stroke style.
+    The weights were trained by this project (``synthviews train-gan``, no
+    NVIDIA weights involved) and carry its licence (MIT).
+    """
+    from pathlib import Path
+
+    from .models.stylegan2 import StyleGAN2
+
+    path = Path(__file__).resolve().parent / WEIGHTS
+    if not path.is_file():
+        raise ConfigError(f"the digits weights {path} are missing from this installation")
+    model = StyleGAN2(path=path, groups=groups, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff,
+                      noise_mode=noise_mode, prior_truncation=prior_truncation, resolution=resolution, crop=crop,
+                      device=device)
+    model.family, model.license, model.license_link = "digits", "mit", None
+    return model
+
+
+# --- sanity evaluation of a digits generator -------------------------------------
+
+def downsample8(images: torch.Tensor) -> torch.Tensor:
+    """(N, 1, R, R) in [0, 1] -> (N, 64) in the 0..16 scale of load_digits, by R/8 x R/8 block means."""
+    x = F.adaptive_avg_pool2d(images.to(torch.float32).mean(dim=1, keepdim=True), 8)
+    return (x * 16).flatten(1)
+
+
+def digit_classifier():
+    """An RBF SVM (C=10, gamma=0.001) with sigmoid-calibrated probabilities (5-fold), fit on the train
+    split; and its accuracy and mean confidence on the test split. Images are read at 32x32 and
+    block-averaged back to 8x8 (:func:`downsample8`), the resolution the digits really have."""
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.svm import SVC
+
+    x, y = load_digits_split("train")
+    clf = CalibratedClassifierCV(SVC(C=10.0, gamma=0.001), ensemble=False)
+    clf.fit(downsample8(x).numpy(), y.numpy())
+    xt, yt = load_digits_split("test")
+    prob = clf.predict_proba(downsample8(xt).numpy())
+    acc = float((prob.argmax(1) == yt.numpy()).mean())
+    return clf, {"test_accuracy": round(acc, 4), "test_mean_confidence": round(float(prob.max(1).mean()), 4)}
+
+
+@torch.no_grad()
+def evaluate_generator(model, samples: int = 2000, seed: int = 0, group_std: float = 1.0, batch: int = 250) -> dict:
+    """Score a digits MLVGM (e.g. :func:`digits_model`) with a classifier trained on the real train split.
+
+    Reports the class shares of ``samples`` generated anchors (z ~ N(0, 1)),
+    their mean top-class confidence, the ratio of the largest share to 1/10
+    (1 = balanced), the mean distance to the nearest training image compared
+    with the same for real test images (far below: memorisation), and for
+    each latent group how often a view with only that group perturbed
+    (z + N(0, group_std^2)) keeps the anchor's class, with the mean pixel
+    change: coarse groups should change the digit more than fine ones.
+    """
+    clf, real = digit_classifier()
+    g = torch.Generator().manual_seed(seed)
+    anchors = torch.randn(samples, model.latent_dim, generator=g)
+    images = torch.cat([model.decode(model.compose(a, {})).cpu() for a in anchors.split(batch)])
+    prob = clf.predict_proba(downsample8(images).numpy())
+    labels = prob.argmax(1)
+    shares = np.bincount(labels, minlength=NUM_CLASSES) / samples
+    train_x, _ = load_digits_split("train")
+    test_x, _ = load_digits_split("test")
+    flat_train = train_x.flatten(1)
+
+    def nearest(x):
+        return float(torch.cat([torch.cdist(c.flatten(1), flat_train).min(1).values for c in x.split(batch)]).mean())
+
+    report = {
+        "samples": samples, "seed": seed, "classifier": "SVC(C=10, gamma=0.001), sigmoid-calibrated, on 8x8 block means of the train split",
+        **real,
+        "class_shares": [round(float(s), 4) for s in shares],
+        "classes_present": int((shares > 0).sum()),
+        "max_share_over_uniform": round(float(shares.max() * NUM_CLASSES), 3),
+        "min_share_over_uniform": round(float(shares.min() * NUM_CLASSES), 3),
+        "mean_confidence": round(float(prob.max(1).mean()), 4),
+        "share_confidence_above_0.9": round(float((prob.max(1) > 0.9).mean()), 4),
+        "nn_distance_generated_to_train": round(nearest(images), 4),
+        "nn_distance_test_to_train": round(nearest(test_x), 4),
+        "groups": {},
+    }
+    n_views = min(samples, 500)
+    for group in model.groups:
+        noise = torch.randn(n_views, group.size, generator=g) * group_std
+        views = model.decode(model.compose(anchors[:n_views], {group.name: noise})).cpu()
+        same = (clf.predict(downsample8(views).numpy()) == labels[:n_views]).mean()
+        change = (views - images[:n_views]).abs().mean()
+        report["groups"][group.name] = {"description": group.description, "std": group_std,
+                                        "class_kept": round(float(same), 4),
+                                        "mean_abs_pixel_change": round(float(change), 4)}
+    return report
