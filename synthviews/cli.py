@@ -15,7 +15,7 @@ from .errors import ConfigError
 from .models import available_models, load_model
 from .policies import resolve_policy
 
-DEFAULT_MODEL = "toy"
+DEFAULT_MODEL = "digits"
 
 
 def _model_option(text: str) -> tuple[str, object]:
@@ -191,9 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .analysis.commands import add_commands
     from .hub import add_push_command
+    from .train_gan import add_train_gan_command
 
     add_commands(verbs)
     add_push_command(verbs)
+    add_train_gan_command(verbs)
     return parser
 
 

@@ -83,35 +83,6 @@ def load_digits_split(split: str = "train", resolution: int = 32) -> tuple[torch
     return upsample(x, resolution).clamp_(0, 1), torch.from_numpy(labels)
 
 
-WEIGHTS = "weights/digits_stylegan2.safetensors"
-
-
-def digits_model(groups="4", truncation_psi: float = 1.0, truncation_cutoff: int | None = None,
-                 noise_mode: str = "const", prior_truncation=None, resolution=None, crop=None, device=None):
-    """The shipped StyleGAN2 trained on the digits train split (32x32, 1 channel), as an MLVGM.
-
-    Options are those of the ``stylegan2`` family (see :class:`StyleGAN2`)
-    except the weights, which are the shipped file. The default 4 groups
-    split the 8 W+ rows as 0_2 (4 px), 2_4 (4-8 px), 4_6 (8-16 px) and 6_8
-    (16-32 px): with the style mixing used in training the first groups
-    decide which digit it is and its layout, the last ones the stroke style.
-    The weights were trained by this project (``synthviews train-gan``, no
-    NVIDIA weights involved) and carry its licence (MIT).
-    """
-    from pathlib import Path
-
-    from .models.stylegan2 import StyleGAN2
-
-    path = Path(__file__).resolve().parent / WEIGHTS
-    if not path.is_file():
-        raise ConfigError(f"the digits weights {path} are missing from this installation")
-    model = StyleGAN2(path=path, groups=groups, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff,
-                      noise_mode=noise_mode, prior_truncation=prior_truncation, resolution=resolution, crop=crop,
-                      device=device)
-    model.family, model.license, model.license_link = "digits", "mit", None
-    return model
-
-
 # --- sanity evaluation of a digits generator -------------------------------------
 
 def downsample8(images: torch.Tensor) -> torch.Tensor:
@@ -138,7 +109,7 @@ def digit_classifier():
 
 @torch.no_grad()
 def evaluate_generator(model, samples: int = 2000, seed: int = 0, group_std: float = 1.0, batch: int = 250) -> dict:
-    """Score a digits MLVGM (e.g. :func:`digits_model`) with a classifier trained on the real train split.
+    """Score a digits MLVGM (e.g. ``load_model("digits")``) with a classifier trained on the real train split.
 
     Reports the class shares of ``samples`` generated anchors (z ~ N(0, 1)),
     their mean top-class confidence, the ratio of the largest share to 1/10

@@ -41,7 +41,7 @@ def _positive_int(value, what: str) -> int:
     return int(value)
 
 
-def generate(out: str | Path, model: str | MLVGM = "toy", policy=None, *, samples: int = 1000, views: int = 1,
+def generate(out: str | Path, model: str | MLVGM = "digits", policy=None, *, samples: int = 1000, views: int = 1,
              seed: int = 0, shard_size: int = 1000, format: str = "jpg", quality: int | None = None,
              batch_size: int = 64, device: str | None = "auto", amp: str | None = None, save_latents: bool = False,
              split: str = "train", resume: bool = False, rank: int | None = None, world_size: int | None = None,

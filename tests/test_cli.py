@@ -32,7 +32,7 @@ def test_preview_with_a_policy_file_and_model_option(tmp_path):
     policy = tmp_path / "p.yaml"
     policy.write_text("kind: gaussian\ngroups:\n  color: 1.0\n")
     out = tmp_path / "g.png"
-    assert main(["preview", "--policy", str(policy), "--model-opt", "resolution=16", "--samples", "2",
+    assert main(["preview", "--model", "toy", "--policy", str(policy), "--model-opt", "resolution=16", "--samples", "2",
                  "--views", "1", "--out", str(out)]) == 0
     with Image.open(out) as im:
         assert im.size == (2 + 2 * 18, 2 + 2 * 18)

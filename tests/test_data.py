@@ -15,7 +15,7 @@ from synthviews.writer import generate
 def dataset(tmp_path_factory):
     """200 samples (anchor + 3 positives, 16 px) in 8 shards of 25."""
     out = tmp_path_factory.mktemp("data") / "ds"
-    generate(out, samples=200, views=3, shard_size=25, seed=1, save_latents=True, model_kwargs={"resolution": 16})
+    generate(out, "toy", samples=200, views=3, shard_size=25, seed=1, save_latents=True, model_kwargs={"resolution": 16})
     return out
 
 
@@ -46,7 +46,7 @@ def test_two_ranks_two_workers_see_disjoint_samples_covering_the_dataset(dataset
 
 def test_unequal_shards_give_equal_counts_and_say_so_in_len(tmp_path, monkeypatch):
     out = tmp_path / "odd"
-    generate(out, samples=130, views=1, shard_size=25, model_kwargs={"resolution": 8})  # 5 x 25 + 1 x 5
+    generate(out, "toy", samples=130, views=1, shard_size=25, model_kwargs={"resolution": 8})  # 5 x 25 + 1 x 5
     assert slot_quota([25, 25, 25, 25, 25, 5], 4) == 5
     counts = []
     for rank in range(2):
@@ -269,3 +269,11 @@ def test_t_x_presets_apply_per_view_reproducibly(dataset):
     first, again = next(iter(c)), next(iter(c))
     assert first[0][0].shape == (8, 3, 12, 12) and torch.equal(first[0][1], again[0][1])
     assert not torch.equal(first[0][0], first[0][1])
+
+
+def test_the_anchor_twice_gives_two_different_t_x_views(dataset):
+    """pairs=[0, 0] is the baseline with synthetic anchors only: two T_x views of one image."""
+    for views, _ in list(ShardViews(dataset, pairs=[0, 0], shuffle=0, t_x="simclr", t_x_size=12))[:5]:
+        assert not torch.equal(views[0], views[1])
+    raw = [views for views, _ in ShardViews(dataset, pairs=[0, 0], shuffle=0)][:2]
+    assert all(torch.equal(v[0], v[1]) for v in raw)

@@ -24,7 +24,7 @@ def test_lightly_simclr_trains_on_shard_views_and_continuous_views(tmp_path):
     from lightly.models.modules import SimCLRProjectionHead
 
     out = tmp_path / "ds"
-    generate(out, samples=128, views=2, shard_size=32, model_kwargs={"resolution": 32})
+    generate(out, "toy", samples=128, views=2, shard_size=32, model_kwargs={"resolution": 32})
     loaders = {
         "ShardViews": loader(out, batch_size=16, num_workers=2, output="lightly", t_x="simclr", t_x_size=28),
         "ContinuousViews": loader(ContinuousViews(sv.load_model("toy", resolution=32), epoch_samples=64,

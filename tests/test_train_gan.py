@@ -216,19 +216,17 @@ def test_cli_errors_and_a_tiny_run(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.skipif(not WEIGHTS.is_file(), reason="shipped digits weights not present")
 def test_shipped_weights_load_and_make_digits():
-    from synthviews.digits import digits_model
-
     assert WEIGHTS.stat().st_size <= 5 * 2 ** 20
     model = load_model("stylegan2", path=str(WEIGHTS))
     assert model.image_shape == (1, 32, 32)
-    m = digits_model()
+    m = load_model("digits")
     assert m.family == "digits" and m.license == "mit"
     z = torch.randn(4, m.latent_dim, generator=torch.Generator().manual_seed(0))
     img = m.decode(m.compose(z, {}))
     assert img.shape == (4, 1, 32, 32) and 0 <= float(img.min()) and float(img.max()) <= 1
     assert float(img.std()) > 0.1  # not a flat image
-    with pytest.raises(TypeError):
-        digits_model(path="x.safetensors")  # load_model turns unknown options into a ConfigError
+    with pytest.raises(ConfigError, match="no option path"):
+        load_model("digits", path="x.safetensors")  # the weights are the shipped file
 
 
 def test_evaluate_generator_reports_shares_and_groups(tmp_path, reals):

@@ -18,7 +18,7 @@ from synthviews.tarshards import iter_tar_samples
 from synthviews.verify import verify
 from synthviews.writer import generate
 
-SMALL = dict(samples=60, views=2, shard_size=25, seed=3, batch_size=16, model_kwargs={"resolution": 16})
+SMALL = dict(model="toy", samples=60, views=2, shard_size=25, seed=3, batch_size=16, model_kwargs={"resolution": 16})
 
 
 def _files(folder: Path) -> dict[str, bytes]:

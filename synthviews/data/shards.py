@@ -194,7 +194,7 @@ class ShardViews(torch.utils.data.IterableDataset):
             index = int(key)
             stored = sorted((f for f in sample if f.startswith("view")), key=lambda f: int(f[4:].split(".")[0]))
             chosen = self.choice(index, self.epoch, len(stored))
-            views = [self._view(sample[stored[v]], index, v) for v in chosen]
+            views = [self._view(sample[stored[v]], index, v, slot) for slot, v in enumerate(chosen)]
             extra = {}
             if self.return_meta:
                 extra["json"] = json.loads(sample["json"])
@@ -204,14 +204,16 @@ class ShardViews(torch.utils.data.IterableDataset):
             raise ShardError(f"shard {url}: sample {key} is unusable ({type(e).__name__}: {e})") from None
         return format_item(self.output, views, index, key, extra)
 
-    def _view(self, data: bytes, index: int, view: int) -> torch.Tensor:
+    def _view(self, data: bytes, index: int, view: int, slot: int) -> torch.Tensor:
+        """Stored view ``view`` decoded, then T_x seeded by (index, epoch, view, slot): ``pairs=[0, 0]``
+        gives two different T_x views of the anchor (the baseline with synthetic anchors only)."""
         with Image.open(io.BytesIO(data)) as im:
             array = np.asarray(im.convert("RGB") if im.mode not in ("RGB", "L") else im)
         x = torch.from_numpy(array.copy()).float().div_(255)
         x = x[None] if x.ndim == 2 else x.permute(2, 0, 1)  # (C, H, W)
         if self.t_x is None:
             return x
-        seed = int(Streams(self.seed).keys([index], self.epoch, f"view{view}", "t_x")[0] >> np.uint64(1))
+        seed = int(Streams(self.seed).keys([index], self.epoch, f"view{view}/{slot}", "t_x")[0] >> np.uint64(1))
         return self.t_x(x, seed)
 
 

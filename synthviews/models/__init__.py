@@ -56,7 +56,7 @@ def load_model(name: str, **kwargs) -> MLVGM:
     return factory(**kwargs)
 
 
-from . import bigbigan, stylegan2, toy  # noqa: E402,F401  (registers the built-in families)
+from . import bigbigan, digits, stylegan2, toy  # noqa: E402,F401  (registers the built-in families)
 from .adapter import ModuleMLVGM, from_module  # noqa: E402
 
 __all__ = ["MLVGM", "ChunkedLatents", "ModuleMLVGM", "from_module", "register_model", "load_model", "available_models"]
