@@ -63,6 +63,9 @@ def main(argv=None) -> int:
     for name, g in report["groups"].items():
         print(f"  group {name}: class kept {100 * g['class_kept']:.1f}% at std {g['std']}, "
               f"mean |pixel change| {g['mean_abs_pixel_change']:.3f}")
+    pv = report["policy_views"]
+    print(f"  default policy {pv['policy']['groups']}: positives keep the anchor's class {100 * pv['class_kept']:.1f}%, "
+          f"mean |pixel change| {pv['mean_abs_pixel_change']:.3f}")
     print(f"written to {out}/digits_quality.json, digits_samples.png, digits_preview.png ({report['seconds']} s)")
     return 0
 

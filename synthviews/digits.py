@@ -108,7 +108,8 @@ def digit_classifier():
 
 
 @torch.no_grad()
-def evaluate_generator(model, samples: int = 2000, seed: int = 0, group_std: float = 1.0, batch: int = 250) -> dict:
+def evaluate_generator(model, samples: int = 2000, seed: int = 0, group_std: float = 1.0, batch: int = 250,
+                       policy=None) -> dict:
     """Score a digits MLVGM (e.g. ``load_model("digits")``) with a classifier trained on the real train split.
 
     Reports the class shares of ``samples`` generated anchors (z ~ N(0, 1)),
@@ -117,7 +118,9 @@ def evaluate_generator(model, samples: int = 2000, seed: int = 0, group_std: flo
     with the same for real test images (far below: memorisation), and for
     each latent group how often a view with only that group perturbed
     (z + N(0, group_std^2)) keeps the anchor's class, with the mean pixel
-    change: coarse groups should change the digit more than fine ones.
+    change: coarse groups should change the digit more than fine ones. Also
+    how often positives made with ``policy`` keep the anchor's class
+    (anything ``resolve_policy`` takes; None: the model's default; False: skip).
     """
     clf, real = digit_classifier()
     g = torch.Generator().manual_seed(seed)
@@ -155,4 +158,15 @@ def evaluate_generator(model, samples: int = 2000, seed: int = 0, group_std: flo
         report["groups"][group.name] = {"description": group.description, "std": group_std,
                                         "class_kept": round(float(same), 4),
                                         "mean_abs_pixel_change": round(float(change), 4)}
+    if policy is not False:
+        from .views import ViewSampler
+
+        sampler = ViewSampler(model, policy, views=4, seed=seed)
+        views = torch.cat([sampler.sample(range(i, min(i + batch, n_views))).images.cpu()
+                           for i in range(0, n_views, batch)])  # (n, 5, C, H, W)
+        anchor_labels = clf.predict(downsample8(views[:, 0]).numpy())
+        kept = [clf.predict(downsample8(views[:, v]).numpy()) == anchor_labels for v in range(1, 5)]
+        report["policy_views"] = {"policy": sampler.policy.to_dict(), "anchors": n_views, "positives_per_anchor": 4,
+                                  "class_kept": round(float(np.mean(kept)), 4),
+                                  "mean_abs_pixel_change": round(float((views[:, 1:] - views[:, :1]).abs().mean()), 4)}
     return report

@@ -105,8 +105,11 @@ class Policy:
 def _check_group_names(names, model: MLVGM, what: str) -> None:
     unknown = [n for n in names if n not in model.group_names]
     if unknown:
+        hint = ""
+        if any(n.isdigit() for n in unknown) and any("_" in n for n in model.group_names):
+            hint = " (YAML reads an unquoted 2_4 as the number 24: quote such names, e.g. '2_4': 0.5)"
         raise ConfigError(f"{what}: unknown latent group(s) {', '.join(map(repr, unknown))} for model "
-                          f"{model.family!r}; its groups are: {', '.join(model.group_names)}")
+                          f"{model.family!r}; its groups are: {', '.join(model.group_names)}{hint}")
 
 
 class GaussianPolicy(Policy):

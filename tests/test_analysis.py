@@ -131,6 +131,26 @@ def test_calls_and_policy_follow_the_documented_rule(tmp_path):
     assert ranking(result, 2.0)[0][0] == "sem0" and ranking(result, 2.0)[-1][0] == "under"
 
 
+def test_policy_file_keeps_group_names_yaml_would_read_as_numbers(tmp_path):
+    # StyleGAN2 groups are named like 0_2 and 2_4: unquoted, YAML reads them as the integers 2 and 24.
+    result = _fake_result({"0_2": [0.8, 0.5, 0.4, 0.1], "2_4": [1.0, 1.0, 0.99, 0.97]})
+    result["model_groups"] = ["0_2", "2_4", "yes"]
+    policy = write_policy(tmp_path / "policy.yaml", policy_yaml(result, classify(result, 0.9, 0.95), 0.9))
+    assert policy.to_dict()["groups"] == {"0_2": "fixed", "2_4": {"std": 2.0, "truncation": 2.0}, "yes": "fixed"}
+
+
+def test_unquoted_numeric_group_names_get_a_hint(tmp_path):
+    import synthviews as sv
+    from synthviews.policies import resolve_policy
+
+    bad = tmp_path / "p.yaml"
+    bad.write_text("kind: gaussian\ngroups:\n  2_4: 0.5\n")
+    with pytest.raises(sv.ConfigError, match="quote such names"):
+        resolve_policy(bad, sv.load_model("stylegan2", groups="0_2,2_4", config={
+            "z_dim": 8, "w_dim": 8, "img_resolution": 8, "img_channels": 1, "mapping_kwargs": {"num_layers": 1},
+            "synthesis_kwargs": {"channel_base": 64, "channel_max": 8}}))
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(stds=(0.5, -1)), "stds"),
     (dict(stds=()), "stds"),

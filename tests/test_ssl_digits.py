@@ -37,6 +37,6 @@ def test_real_and_random_rows_give_probe_accuracies(tmp_path):
 @pytest.mark.slow
 def test_quick_experiment_runs_every_row(tmp_path):
     result, _ = _run(tmp_path, "--quick")
-    assert list(result["rows"]) == list("abcdef")
+    assert list(result["rows"]) == list("abcdefg")
     assert result["settings"]["steps"] == 20 and result["rows"]["d"]["name"].startswith("MI policy")
     assert all(0.5 < row["linear"]["mean"] <= 1 for row in result["rows"].values())

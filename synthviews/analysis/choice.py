@@ -95,23 +95,28 @@ def policy_yaml(result: dict, calls: list[GroupCall], target: float) -> str:
         "groups:",
     ]
     analysed = {c.group: c for c in calls}
-    for name in result["model_groups"]:
-        call = analysed.get(name)
+    for group in result["model_groups"]:
+        call, name = analysed.get(group), _yaml_key(group)
         if call is None:
             lines += [f"  # {name}: not analysed", f"  {name}: fixed"]
             continue
         lines.append(f"  # {name}: {call.kind}; {call.reason}.")
         if call.tolerated_std == 0:
-            c = cells[(name, min(call.rel))]
+            c = cells[(group, min(call.rel))]
             lines.append(f"  # MI {c['mi']:.3f} +- {c['ci']:.3f} at the smallest std {c['std']:g}: keep it fixed.")
             lines.append(f"  {name}: fixed")
         else:
-            c = cells[(name, call.tolerated_std)]
+            c = cells[(group, call.tolerated_std)]
             lines.append(f"  # At std {c['std']:g}: MI {c['mi']:.3f} +- {c['ci']:.3f} ({c['mi'] / ref['mi']:.0%}), "
                          f"delta {c['delta_mean']:.2f} +- {c['delta_std']:.2f}, pixel change {c['pixel_change']:.4f}.")
             spec = {"std": call.tolerated_std} if trunc is None else {"std": call.tolerated_std, "truncation": trunc}
             lines.append(f"  {name}: {yaml.safe_dump(spec, default_flow_style=True).strip()}")
     return "\n".join(lines) + "\n"
+
+
+def _yaml_key(name: str) -> str:
+    """A group name as a YAML key that reads back as that string (``0_2`` unquoted is the number 2)."""
+    return yaml.safe_dump(name).splitlines()[0]
 
 
 def write_policy(path: str | Path, text: str):
