@@ -6,7 +6,7 @@ none above 2x its share of 1/10), the mean confidence, how far samples are from
 their nearest training image (memorisation check), and for each latent group
 how often perturbing only it keeps the class. Also writes the README's grids.
 
-    python benchmarks/digits_quality.py        # ~1 minute on 2 CPU cores
+    python benchmarks/digits_quality.py        # ~15 s on 2 CPU cores
 
 Writes OUT/digits_quality.json, OUT/digits_samples.png (64 anchors) and
 OUT/digits_preview.png (anchors + 4 positives under the default policy);

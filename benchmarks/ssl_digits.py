@@ -272,7 +272,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="first training seed (default: 0)")
     p.add_argument("--anchors", type=int, help="anchors in the generated shards (default: 5000; --quick 256)")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the generated shards (default: 0)")
-    p.add_argument("--policy", help="policy of rows (d)/(e) (default: the digits model's MI-chosen default)")
+    p.add_argument("--policy", help="policy of rows (d), (e), (g) and of (b)'s anchors' shards "
+                                    "(default: the digits model's MI-chosen default)")
     p.add_argument("--mi-t-x", default="no_color", choices=["no_color", "simclr", "no_crop", "none"],
                    help="T_x of rows (d)/(e) (default: no_color, the paper's choice with latent perturbation)")
     p.add_argument("--genrep-std", type=float, default=0.2, help="row (c)'s std on every group (default: 0.2)")

@@ -30,8 +30,8 @@ Choices (see :class:`TrainOptions` for the numbers):
   own unfused modulated convolution (activations scaled around one shared
   kernel, demodulation from an (N, I) x (I, O) product; on CPU about 20x
   faster than one grouped convolution with per-sample kernels), with random
-  noise drawn from the training generator. A test checks it equals the
-  inference path.
+  noise drawn from the training generator. Tests check it equals the
+  inference path and that both modulated-conv forms agree.
 - Discriminator: a small residual conv net of our own (1x1 from-image conv,
   three residual blocks 32 -> 4 px with average-pool downsampling, minibatch
   standard deviation, a 3x3 conv and two dense layers), equalised learning

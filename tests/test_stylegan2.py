@@ -362,3 +362,18 @@ def test_configf_512_synthesis_cars(compat_dir):
     m = StyleGAN2(config=sg(compat_dir) / "stylegan2_configf_512_config.json", postprocess="cars", prior_truncation=0.9)
     img = m.decode(m.compose(torch.randn(1, 512), {"8_12": torch.randn(1, 512)}))
     assert img.shape == (1, 3, 128, 128) and 0 <= img.min() and img.max() <= 1
+
+
+@pytest.mark.parametrize("up", [1, 2])
+@pytest.mark.parametrize("demodulate", [True, False])
+def test_fused_and_unfused_modulated_conv_agree(up, demodulate):
+    """The GPU path (one grouped conv with per-sample kernels) and the CPU path (scaled activations
+    around one shared kernel, demodulation from a matmul) are the same maths."""
+    from synthviews.models.stylegan2 import fir_filter, modulated_conv2d
+
+    g = torch.Generator().manual_seed(0)
+    x, weight = torch.randn(3, 8, 6, 6, generator=g), torch.randn(5, 8, 3, 3, generator=g)
+    styles = torch.randn(3, 8, generator=g) + 1
+    out = [modulated_conv2d(x, weight, styles, demodulate, up=up, f=fir_filter(), fused=fused) for fused in (True, False)]
+    assert out[0].shape == (3, 5, 6 * up, 6 * up)
+    torch.testing.assert_close(out[0], out[1], rtol=1e-4, atol=1e-4)

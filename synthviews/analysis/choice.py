@@ -116,7 +116,7 @@ def policy_yaml(result: dict, calls: list[GroupCall], target: float) -> str:
 
 def _yaml_key(name: str) -> str:
     """A group name as a YAML key that reads back as that string (``0_2`` unquoted is the number 2)."""
-    return yaml.safe_dump(name).splitlines()[0]
+    return yaml.safe_dump(name, width=float("inf")).splitlines()[0]
 
 
 def write_policy(path: str | Path, text: str):
