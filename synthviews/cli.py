@@ -28,10 +28,11 @@ def _model_option(text: str) -> tuple[str, object]:
         return key, value
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
+def _add_model_args(p: argparse.ArgumentParser, default: str | None = DEFAULT_MODEL) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--model", default=DEFAULT_MODEL,
-                   help=f"model family (default: {DEFAULT_MODEL}); see `synthviews info`")
+    g.add_argument("--model", default=default,
+                   help=f"model family (default: {default}); see `synthviews info`" if default else
+                   "model family to describe (default: list the families)")
     g.add_argument("--path", help="checkpoint file for models loaded from weights (e.g. stylegan2, bigbigan)")
     g.add_argument("--model-opt", metavar="KEY=VALUE", action="append", type=_model_option, default=[],
                    help="extra model option, repeatable; VALUE is parsed as YAML (e.g. --model-opt resolution=32)")
@@ -186,8 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
                          description="With a dataset folder: its summary. Without: list model families, or with "
                                      "--model, its id, latent groups and default policy.")
     p.add_argument("dataset", nargs="?", help="a dataset folder written by `synthviews generate`")
-    _add_model_args(p)
-    p.set_defaults(model=None, run=_cmd_info)
+    _add_model_args(p, default=None)
+    p.set_defaults(run=_cmd_info)
 
     from .analysis.commands import add_commands
     from .hub import add_push_command
