@@ -21,8 +21,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 from synthviews.digits import evaluate_generator
 from synthviews.images import grid, png_bytes, to_uint8
 from synthviews.models import load_model

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,11 +15,11 @@ from synthviews import cli  # noqa: E402
 from synthviews.digits import NUM_IMAGES, load_digits_split, split_indices  # noqa: E402
 from synthviews.errors import ConfigError  # noqa: E402
 from synthviews.models import load_model  # noqa: E402
+from synthviews.models.digits import WEIGHTS  # noqa: E402  (the shipped file)
 from synthviews.train_gan import (  # noqa: E402
     CHECKPOINT, EXPORT, Discriminator, Trainer, add_train_gan_command, augment, preset, read_checkpoint,
     synthesize, train)
 
-WEIGHTS = Path(__file__).resolve().parents[1] / "synthviews" / "weights" / "digits_stylegan2.safetensors"
 
 
 @pytest.fixture(scope="module")
