@@ -2,15 +2,19 @@ from pathlib import Path
 
 import pytest
 
-COMPAT_DIR = Path(__file__).resolve().parents[2] / "shared" / "compat"
+DATA_DIR = Path(__file__).resolve().parent / "data"
 
 
 @pytest.fixture(scope="session")
 def compat_dir() -> Path:
-    """../shared/compat beside the checkout (CI has it there); skip where it is absent."""
-    if not COMPAT_DIR.is_dir():
-        pytest.skip(f"compatibility data not found at {COMPAT_DIR} (it lives in ../shared/compat beside the checkout)")
-    return COMPAT_DIR
+    """tests/data: the compatibility data of the real generators (see tests/data/README.md).
+
+    The data is part of the repository, so a missing folder is a broken checkout: fail, never skip.
+    """
+    for family in ("stylegan2", "bigbigan"):
+        if not (DATA_DIR / family).is_dir():
+            pytest.fail(f"compatibility data missing: {DATA_DIR / family} (it is part of the repository)")
+    return DATA_DIR
 
 
 @pytest.fixture(scope="module")
