@@ -123,15 +123,20 @@ def rss_rows(small: int, large: int):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument("--quick", action="store_true",
+                        help="small sizes, for a smoke run; includes a tiny StyleGAN2 row (32 px, few channels)")
     parser.add_argument("--stylegan2", action="store_true",
                         help="also measure a random-weight StyleGAN2 (config-f layout, 128 px): generator-bound")
     args = parser.parse_args()
     scale = 8 if args.quick else 1
     models = [("toy 128 px", sv.load_model("toy", resolution=128), 2048 // scale, 64)]
-    if args.stylegan2:  # a generator-bound case: random weights, config-f layout at 128 px
+    if args.quick:  # the generator-bound row's code path, with an architecture small enough for a smoke run
+        config = {"z_dim": 64, "w_dim": 64, "img_resolution": 32, "img_channels": 3,
+                  "mapping_kwargs": {"num_layers": 2}, "synthesis_kwargs": {"channel_base": 512, "channel_max": 32}}
+        models.append(("stylegan2 tiny 32 px", sv.load_model("stylegan2", config=config), 64, 8))
+    elif args.stylegan2:  # a generator-bound case: random weights, config-f layout at 128 px
         config = {"z_dim": 512, "w_dim": 512, "img_resolution": 128, "img_channels": 3}
-        models.append(("stylegan2 config-f 128 px", sv.load_model("stylegan2", config=config), 64 // scale, 8))
+        models.append(("stylegan2 config-f 128 px", sv.load_model("stylegan2", config=config), 64, 8))
     print(f"torch {torch.__version__}, python {sys.version.split()[0]}")
     efficiency_rows(models, views=2)
     writing_rows(400 if args.quick else 2000)

@@ -1,7 +1,10 @@
 """Loader throughput: ShardViews vs bare webdataset + PIL vs ImageFolder-of-PNG, and
 ContinuousViews vs a bare generation loop. One table, all measured in this run.
 
-Run: python benchmarks/bench_loader.py [--samples N] [--quick]
+The shards come from ``--model`` (default: the 1-channel ``digits``; ``toy`` is
+3-channel), resized to ``--resolution``; the ContinuousViews rows use ``toy``.
+
+Run: python benchmarks/bench_loader.py [--samples N] [--model toy] [--quick]
 """
 
 from __future__ import annotations
@@ -27,8 +30,12 @@ BATCH = 64
 
 
 def _tensor(data: bytes) -> torch.Tensor:
+    """(C, H, W) floats in [0, 1] for any channel count: PIL gives (H, W) for grey, (H, W, C) otherwise."""
     with Image.open(io.BytesIO(data)) as im:
-        return torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1).float().div_(255)
+        a = np.asarray(im)
+    if a.ndim == 2:
+        a = a[:, :, None]
+    return torch.from_numpy(a.copy()).permute(2, 0, 1).float().div_(255)
 
 
 def _bare_item(sample):
@@ -60,15 +67,20 @@ def rate(make_loader, views_per_item: int = 2) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=4096)
-    parser.add_argument("--resolution", type=int, default=128)
-    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--model", default="digits", help="model of the shards (default: digits, 1 channel)")
+    parser.add_argument("--resolution", type=int, help="side of the stored views (default: 128; --quick 32)")
+    parser.add_argument("--quick", action="store_true", help="small sizes (256 samples, 32 px), for a smoke run")
     args = parser.parse_args()
-    n = 512 if args.quick else args.samples
+    n = 256 if args.quick else args.samples
+    if args.resolution is None:
+        args.resolution = 32 if args.quick else 128
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         out = tmp / "ds"
-        generate(out, samples=n, views=2, shard_size=n // 8, model_kwargs={"resolution": args.resolution})
+        shard_model = sv.load_model(args.model, resolution=args.resolution)
+        channels = shard_model.image_shape[0]
+        generate(out, shard_model, samples=n, views=2, shard_size=max(1, n // 8), device="cpu")
         urls = sorted(str(p) for p in out.glob("train-*.tar"))
         pngs = tmp / "png"
         pngs.mkdir()
@@ -105,12 +117,13 @@ def main() -> None:
 
         torch.set_num_threads(2)
         sampler.sample(np.arange(BATCH))  # warm-up
-        make = lambda: loader(ContinuousViews(model, views=2, epoch_samples=n, batch_size=BATCH, t_x=None))  # noqa: E731
+        make = lambda: loader(ContinuousViews(model, crops=2, epoch_samples=n, batch_size=BATCH, t_x=None))  # noqa: E731
         bare_gen, cont = max(bare_loop(), bare_loop()), max(rate(make), rate(make))  # best of two runs each
         rows += [("ContinuousViews (toy, no T_x)", cont, cont / bare_gen, float("nan")),
                  ("bare ViewSampler loop (toy)", bare_gen, 1.0, float("nan"))]
 
-    print(f"{n} samples x 2 views, {args.resolution} px JPEG q95, batch {BATCH}, torch threads 1 in loaders")
+    print(f"{n} samples x 2 views, {args.model} {args.resolution} px ({channels} channel(s)) JPEG q95, batch {BATCH}, "
+          f"torch threads 1 in loaders")
     print(f"| {'loader':<44} | {'views/s':>8} | {'vs bare':>8} | {'vs PNG':>7} |")
     print(f"|{'-' * 46}|{'-' * 10}|{'-' * 10}|{'-' * 9}|")
     for name, r, vs_bare, vs_png in rows:

@@ -6,7 +6,10 @@ available), BigBiGAN 128 px, and the procedural ``toy`` at 64 px. Each row
 times ``decode(compose(anchor, {}))`` under ``torch.inference_mode`` after one
 warm-up call, best of ``--repeats``.
 
-Run: python benchmarks/bench_models.py [--device cuda] [--batch-sizes 1,4] [--repeats 3]
+``--quick`` (a smoke run) builds the same rows with tiny architectures instead
+(StyleGAN2 at 32 and 16 px with few channels, BigBiGAN ``ch=8``, toy 32 px), batch 1, one repeat.
+
+Run: python benchmarks/bench_models.py [--device cuda] [--batch-sizes 1,4] [--repeats 3] [--quick]
 """
 
 from __future__ import annotations
@@ -24,22 +27,32 @@ STYLEGAN2_CONFIG_F = {  # stylegan2-ada-pytorch "config-f": 8 mapping layers, ch
     "mapping_kwargs": {"num_layers": 8}, "synthesis_kwargs": {"channel_base": 32768, "channel_max": 512},
 }
 
+STYLEGAN2_TINY = {  # --quick: the same layout with few channels
+    "z_dim": 64, "w_dim": 64, "img_channels": 3,
+    "mapping_kwargs": {"num_layers": 2}, "synthesis_kwargs": {"channel_base": 512, "channel_max": 32},
+}
 
-def model_factories(device: str, amp: str, channels_last: bool):
+
+def model_factories(device: str, amp: str, channels_last: bool, quick: bool = False):
     """(label, resolution, factory) rows; a factory returns an MLVGM on ``device``."""
     from synthviews.models import bigbigan  # noqa: F401  (registers "bigbigan")
 
     rows = []
     try:
         from synthviews.models import stylegan2  # noqa: F401  (written separately; may be absent)
-        for res in (512, 256):
-            cfg = {**STYLEGAN2_CONFIG_F, "img_resolution": res}
-            rows.append(("stylegan2 config-f", res, lambda cfg=cfg: sv.load_model("stylegan2", config=cfg, device=device)))
+        label, base = ("stylegan2 tiny", STYLEGAN2_TINY) if quick else ("stylegan2 config-f", STYLEGAN2_CONFIG_F)
+        for res in (32, 16) if quick else (512, 256):
+            cfg = {**base, "img_resolution": res}
+            rows.append((label, res, lambda cfg=cfg: sv.load_model("stylegan2", config=cfg, device=device)))
     except Exception as e:  # noqa: BLE001 - report and go on with the other models
+        if quick:  # a smoke run must exercise every row
+            raise
         print(f"note: skipping StyleGAN2 ({type(e).__name__}: {e})")
-    rows.append(("bigbigan", 128, lambda: sv.load_model(
-        "bigbigan", device=device, amp=amp, channels_last=channels_last)))
-    rows.append(("toy", 64, lambda: sv.load_model("toy", resolution=64).to(device)))
+    tiny = {"ch": 8} if quick else {}
+    rows.append(("bigbigan tiny (ch=8)" if quick else "bigbigan", 128, lambda: sv.load_model(
+        "bigbigan", device=device, amp=amp, channels_last=channels_last, random_weights=True, **tiny)))
+    toy_res = 32 if quick else 64
+    rows.append(("toy", toy_res, lambda: sv.load_model("toy", resolution=toy_res).to(device)))
     return rows
 
 
@@ -61,21 +74,28 @@ def best_of(fn, repeats: int, device: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--batch-sizes", default="1,4")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch-sizes", help="comma-separated (default: 1,4; --quick 1)")
+    parser.add_argument("--repeats", type=int, help="timed calls per row, best kept (default: 3; --quick 1)")
     parser.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"], help="BigBiGAN autocast (fp16: CUDA)")
     parser.add_argument("--channels-last", action="store_true", help="BigBiGAN memory format")
+    parser.add_argument("--quick", action="store_true", help="tiny architectures, batch 1, one repeat: a smoke run")
     args = parser.parse_args()
+    if args.batch_sizes is None:
+        args.batch_sizes = "1" if args.quick else "1,4"
+    if args.repeats is None:
+        args.repeats = 1 if args.quick else 3
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
 
     print(f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads, "
           f"bigbigan amp {args.amp}{', channels_last' if args.channels_last else ''}")
     print(f"| {'model':<20} | {'res':>4} | {'batch':>5} | {'ms/batch':>9} | {'images/s':>9} |")
     print(f"|{'-' * 22}|{'-' * 6}|{'-' * 7}|{'-' * 11}|{'-' * 11}|")
-    for label, res, factory in model_factories(args.device, args.amp, args.channels_last):
+    for label, res, factory in model_factories(args.device, args.amp, args.channels_last, args.quick):
         try:
             model = factory()
         except Exception as e:  # noqa: BLE001
+            if args.quick:  # a smoke run must exercise every row
+                raise
             print(f"note: could not build {label} {res}px ({type(e).__name__}: {e})")
             continue
         streams = sv.Streams(0)

@@ -1,6 +1,6 @@
 """Throughput of the foundation on the toy model: decode, random streams, ViewSampler.
 
-Prints one table row per stage and batch size. Run: python benchmarks/bench_views.py
+Prints one table row per stage and batch size. Run: python benchmarks/bench_views.py [--quick]
 """
 
 from __future__ import annotations
@@ -28,11 +28,15 @@ def best_of(fn, repeats: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--resolution", type=int, default=64)
+    parser.add_argument("--resolution", type=int, help="toy image side (default: 64; --quick 32)")
     parser.add_argument("--views", type=int, default=3, help="positives per anchor for the sampler rows")
-    parser.add_argument("--batch-sizes", default="64,256")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batch-sizes", help="comma-separated (default: 64,256; --quick 8)")
+    parser.add_argument("--repeats", type=int, help="timed calls per row, best kept (default: 5; --quick 1)")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run")
     args = parser.parse_args()
+    for key, full, quick in (("resolution", 64, 32), ("batch_sizes", "64,256", "8"), ("repeats", 5, 1)):
+        if getattr(args, key) is None:
+            setattr(args, key, quick if args.quick else full)
 
     model = sv.load_model("toy", resolution=args.resolution)
     streams = sv.Streams(0)

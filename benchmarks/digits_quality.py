@@ -6,11 +6,12 @@ none above 2x its share of 1/10), the mean confidence, how far samples are from
 their nearest training image (memorisation check), and for each latent group
 how often perturbing only it keeps the class. Also writes the README's grids.
 
-    python benchmarks/digits_quality.py        # ~15 s on 2 CPU cores
+    python benchmarks/digits_quality.py          # ~15 s on 2 CPU cores
+    python benchmarks/digits_quality.py --quick  # 200 anchors into a temporary folder: a smoke run
 
 Writes OUT/digits_quality.json, OUT/digits_samples.png (64 anchors) and
 OUT/digits_preview.png (anchors + 4 positives under the default policy);
-OUT defaults to benchmarks/results. Needs scikit-learn.
+OUT defaults to benchmarks/results (--quick: a temporary folder). Needs scikit-learn.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,10 +32,15 @@ from synthviews.views import ViewSampler
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="benchmarks/results", help="output folder (default: benchmarks/results)")
-    p.add_argument("--samples", type=int, default=2000, help="generated anchors to classify (default: 2000)")
+    p.add_argument("--out", help="output folder (default: benchmarks/results; --quick: a temporary folder)")
+    p.add_argument("--samples", type=int, help="generated anchors to classify (default: 2000; --quick 200)")
     p.add_argument("--seed", type=int, default=0, help="seed of the anchors (default: 0)")
+    p.add_argument("--quick", action="store_true", help="few anchors, results in a temporary folder: a smoke run")
     args = p.parse_args(argv)
+    if args.samples is None:
+        args.samples = 200 if args.quick else 2000
+    if args.out is None:
+        args.out = tempfile.mkdtemp(prefix="digits_quality_quick_") if args.quick else "benchmarks/results"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model = load_model("digits")

@@ -22,7 +22,7 @@ dataset costs ~2 ms a view on CPU); (e) uses ContinuousViews, whose T_x is
 batched already. Every T_x is a synthviews preset at 32 px.
 
     python benchmarks/ssl_digits.py              # the full table, ~28 min on 2 CPU cores
-    python benchmarks/ssl_digits.py --quick      # every row, tiny settings, < 5 min
+    python benchmarks/ssl_digits.py --quick      # every row, tiny settings, ~30 s
 
 Prints a markdown table and writes OUT/results.json and OUT/results.md
 (default OUT: benchmarks/results/ssl_digits, or a temporary folder with --quick).
@@ -193,7 +193,7 @@ def row_batches(row: str, args, seed: int, work: Path, model, policy):
                                       batch_size=args.batch), args.steps)
         return augmented(views, Augment(t_x, size=SIZE), seed)
     if row == "e":
-        ds = ContinuousViews(model, policy, views=2, epoch_samples=args.steps * args.batch, batch_size=args.batch,
+        ds = ContinuousViews(model, policy, crops=2, epoch_samples=args.steps * args.batch, batch_size=args.batch,
                              seed=10_000 + seed, device="cpu", t_x=args.mi_t_x, t_x_size=SIZE)
         return looped(lambda: loader(ds), args.steps)
     raise ValueError(row)
@@ -263,7 +263,7 @@ def table(result: dict) -> str:
 
 def parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="tiny settings for a smoke run (< 5 min)")
+    p.add_argument("--quick", action="store_true", help="tiny settings for a smoke run (~30 s)")
     p.add_argument("--out", help="results folder (default: benchmarks/results/ssl_digits; --quick: a temp folder)")
     p.add_argument("--rows", default="abcdefg", help="rows to run, e.g. 'ad' (default: abcdefg)")
     p.add_argument("--steps", type=int, help="SimCLR steps per run (default: 400; --quick 20)")
@@ -280,10 +280,11 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate, one-cycle (default: 2e-3)")
     p.add_argument("--temperature", type=float, default=0.2, help="NT-Xent temperature (default: 0.2)")
     p.add_argument("--width", type=int, default=32, help="encoder base width (default: 32)")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (default: all CPUs)")
+    p.add_argument("--threads", type=int, help="torch threads (default: all CPUs; --quick 1: with other "
+                                                 "jobs on a 2-core machine, 2 threads ran 6x slower)")
     args = p.parse_args(argv)
-    quick = {"steps": 20, "batch": 32, "seeds": 1, "anchors": 256}
-    full = {"steps": 400, "batch": 128, "seeds": 3, "anchors": 5000}
+    quick = {"steps": 20, "batch": 32, "seeds": 1, "anchors": 256, "threads": 1}
+    full = {"steps": 400, "batch": 128, "seeds": 3, "anchors": 5000, "threads": os.cpu_count() or 1}
     for key, value in (quick if args.quick else full).items():
         if getattr(args, key) is None:
             setattr(args, key, value)

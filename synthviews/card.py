@@ -62,7 +62,9 @@ def _body(manifest: dict) -> str:
             f"### Split `{name}`", "",
             f"- {c['samples']} samples in {entry['num_shards']} shards of up to {c['shard_size']} "
             f"(`{name}-000000.tar` ...), each an anchor and {k} positive views ({shape}, {fmt}"
-            + (f" quality {c['image']['quality']}" if c["image"]["quality"] else "") + ")",
+            + (f" quality {c['image']['quality']}" if c["image"]["quality"] else "") + ")"
+            + (" stored as RGB with R = G = B: WebP has no grey mode (synthviews' readers return 1 channel)"
+               if fmt == "webp" and c["image"]["shape"][0] == 1 else ""),
             f"- model `{c['model']['model_id']}` (weights sha256 `{c['model']['weights_sha256']}`)",
             f"- policy `{c['policy_id']}`, seed {c['seed']}" + (f", autocast {c['amp']}" if c["amp"] else ""),
             "", "```yaml", yaml.safe_dump(c["policy"], sort_keys=False).rstrip(), "```", "",

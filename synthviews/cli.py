@@ -14,8 +14,12 @@ import yaml
 from .errors import ConfigError
 from .models import available_models, load_model
 from .policies import resolve_policy
+from .views import DECODE_BLOCK
 
 DEFAULT_MODEL = "digits"
+# What synthviews.writer.generate does when workers is None (tests/test_cli.py checks the two agree).
+WORKERS_HELP = ("image-encoding threads (default: min(4, CPUs) with CUDA, max(1, min(4, CPUs // 2)) on CPU, "
+                "where the encoders share the cores with the generator)")
 
 
 def _model_option(text: str) -> tuple[str, object]:
@@ -54,6 +58,8 @@ def _cmd_preview(args) -> int:
     sampler = ViewSampler(model, args.policy, views=args.views, seed=args.seed, device=args.device, amp=args.amp)
     out = preview(sampler, args.out, samples=args.samples, start=args.start)
     print(f"wrote {out} ({args.samples} samples x {1 + args.views} images: anchor + {args.views} positives)")
+    if args.policy is None:
+        print(f"policy: the model's default, {model.default_policy_origin()}")
     return 0
 
 
@@ -64,6 +70,7 @@ def _cmd_generate(args) -> int:
     generate(out, _build_model(args), args.policy, samples=args.samples, views=args.views, seed=args.seed,
              shard_size=args.shard_size, format=args.format, quality=args.quality, batch_size=args.batch_size,
              device=args.device, amp=args.amp, save_latents=args.save_latents, split=args.split, resume=args.resume,
+             decode_block=args.decode_block,
              rank=args.rank, world_size=args.world_size, workers=args.workers, progress=not args.no_progress)
     from .manifest import read_manifest
 
@@ -118,7 +125,7 @@ def _cmd_info(args) -> int:
     print("latent groups:")
     for g in d["groups"]:
         print(f"  {g['name']:<10} size {g['size']:<4} {g['space']:<16} {g['description']}")
-    print("default policy (a valid policy file):")
+    print(f"default policy: {model.default_policy_origin()} (a valid policy file):")
     print("  " + yaml.safe_dump(resolve_policy(None, model).to_dict(), sort_keys=False).replace("\n", "\n  ").rstrip())
     return 0
 
@@ -157,7 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default: 1000)")
     p.add_argument("--format", choices=["jpg", "png", "webp"], default="jpg", help="image format (default: jpg)")
     p.add_argument("--quality", type=int, help="jpg/webp quality 1-100 (default: 95 jpg, 90 webp)")
-    p.add_argument("--batch-size", type=int, default=64, help="anchors decoded per batch (default: 64)")
+    p.add_argument("--batch-size", type=int, default=64,
+                   help="anchors per step, rounded to whole decode blocks; never changes the bytes (default: 64)")
+    p.add_argument("--decode-block", type=int, default=DECODE_BLOCK,
+                   help="anchors per generator call; part of the configuration: the bytes depend on it "
+                        f"(default: {DECODE_BLOCK})")
     p.add_argument("--amp", choices=["none", "fp16", "bf16"], default="none",
                    help="autocast precision for decoding (fp16 needs CUDA; default: none)")
     p.add_argument("--save-latents", action="store_true", help="also store every view's code as latents.npy")
@@ -166,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="insist on continuing an existing run (rerunning the same command resumes anyway)")
     p.add_argument("--rank", type=int, help="this job's rank among independent jobs (with --world-size)")
     p.add_argument("--world-size", type=int, help="number of independent jobs; then run `synthviews merge OUT`")
-    p.add_argument("--workers", type=int, help="image-encoding threads (default: min(4, CPUs))")
+    p.add_argument("--workers", type=int, help=WORKERS_HELP)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(run=_cmd_generate)
 

@@ -38,3 +38,22 @@ def amp_context(device: torch.device, amp: str | None):
     if amp == "fp16" and device.type != "cuda":
         raise ConfigError("fp16 autocast needs a CUDA device; use bf16 or none on CPU")
     return torch.autocast(device_type=device.type, dtype=_AMP[amp])
+
+
+@contextlib.contextmanager
+def deterministic_algorithms(device: torch.device):
+    """cuDNN's deterministic kernels (no autotuning) while decoding on CUDA; CPU kernels already are.
+
+    Autotuned or non-deterministic algorithms may round differently from run to run, which
+    would break "same config + seed = same bytes". The previous settings are restored.
+    """
+    if device.type != "cuda":
+        yield
+        return
+    cudnn = torch.backends.cudnn
+    saved = cudnn.deterministic, cudnn.benchmark
+    cudnn.deterministic, cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        cudnn.deterministic, cudnn.benchmark = saved

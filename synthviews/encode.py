@@ -34,7 +34,13 @@ def check_format(fmt: str, quality: int | None) -> int | None:
 
 
 def encode_image(array: np.ndarray, fmt: str, quality: int | None) -> bytes:
-    """(H, W, C) uint8 -> image file bytes; same pixels, same bytes."""
+    """(H, W, C) uint8 -> image file bytes; same pixels, same bytes.
+
+    WebP cannot store grey: a 1-channel view is written as RGB with R = G = B
+    (see ``images.stored_channels``; readers convert it back).
+    """
+    if fmt == "webp" and array.shape[-1] == 1:
+        array = np.repeat(array, 3, axis=-1)
     image = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
     buf = io.BytesIO()
     if fmt == "jpg":

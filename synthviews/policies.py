@@ -16,6 +16,10 @@ A policy file is plain YAML or JSON; the same dicts round-trip through
     truncation: 2
     groups: [pose, color]     # optional; default: every group
 
+    kind: walker              # learned walkers: see synthviews.analysis.walkers.WalkerPolicy
+    walkers: [shape.pt]       # checkpoints, relative to this file
+    scale: [0.5, 1.5]         # optional per-view step factor; default 1: one positive per anchor
+
 GenRep-style "perturb every latent with std s" is ``{kind: gaussian,
 default: {std: s}}``. Noise of different groups comes from independent
 streams (the reference code reused one seed for all groups; we do not).

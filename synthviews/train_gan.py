@@ -76,6 +76,8 @@ SQRT2 = math.sqrt(2.0)
 CHECKPOINT = "checkpoint.pt"
 EXPORT = "G_ema.safetensors"
 FORMAT = "synthviews-train-gan/1"
+DEFAULT_STEPS = 8000
+TRAINED_LICENSE = "mit"
 
 
 @dataclass
@@ -313,6 +315,7 @@ class Trainer:
         self.opt_D = torch.optim.Adam(self.D.parameters(), lr=o.lr * ratio, betas=(0.0, o.beta2 ** ratio), eps=1e-8)
         self.rng = torch.Generator().manual_seed(o.seed + 1)
         self.step, self.nimg, self.elapsed = 0, 0, 0.0
+        self.target_steps = DEFAULT_STEPS  # the run's goal, kept in checkpoints so --resume needs no --steps
         self.perm = torch.randperm(len(self.reals), generator=self.rng)
         self.pos = 0
 
@@ -398,7 +401,8 @@ class Trainer:
 
     # checkpoints
     def state_dict(self) -> dict:
-        return {"format": FORMAT, "options": asdict(self.opts), "step": self.step, "nimg": self.nimg,
+        return {"format": FORMAT, "options": asdict(self.opts), "step": self.step, "target_steps": self.target_steps,
+                "nimg": self.nimg,
                 "elapsed": self.elapsed, "G": self.G.state_dict(), "G_ema": self.G_ema.state_dict(),
                 "D": self.D.state_dict(), "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(),
                 "rng": self.rng.get_state(), "perm": self.perm.clone(), "pos": self.pos}
@@ -412,6 +416,7 @@ class Trainer:
         self.rng.set_state(state["rng"])
         self.perm, self.pos = state["perm"].clone(), int(state["pos"])
         self.step, self.nimg, self.elapsed = int(state["step"]), int(state["nimg"]), float(state["elapsed"])
+        self.target_steps = int(state.get("target_steps", DEFAULT_STEPS))
 
     def save(self, path) -> None:
         path = Path(path)
@@ -420,12 +425,17 @@ class Trainer:
         os.replace(tmp, path)
 
     def export(self, path) -> None:
-        """G_ema as .safetensors with its generator config in the metadata."""
+        """G_ema as .safetensors with its generator config and licence in the metadata.
+
+        The licence is this project's (MIT), as for the shipped digits model: our code
+        trained on scikit-learn's BSD-licensed digits, no NVIDIA weights involved.
+        Loaded with ``--model stylegan2 --path``, the file is labelled with it.
+        """
         from .models.stylegan2_checkpoint import save_safetensors
 
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
-        save_safetensors(tmp, self.G_ema.state_dict(), self.G_ema.config)
+        save_safetensors(tmp, self.G_ema.state_dict(), self.G_ema.config, license=TRAINED_LICENSE)
         os.replace(tmp, path)
 
     @torch.no_grad()
@@ -484,10 +494,13 @@ def _check_export(path) -> Path | None:
     return path
 
 
-def train(out, options: TrainOptions | None = None, steps: int = 10000, resume=False, export=None,
+def train(out, options: TrainOptions | None = None, steps: int | None = None, resume=False, export=None,
           checkpoint_minutes: float = 5.0, max_minutes: float | None = None, log_every: int = 20,
           progress: bool = True, reals: torch.Tensor | None = None) -> Trainer:
     """Train (or continue) a run in ``out`` up to ``steps`` total steps; returns the trainer.
+
+    ``steps``: None means the run's own goal: DEFAULT_STEPS for a new run, the
+    checkpoint's for a resumed one (a resume never silently changes it).
 
     ``resume``: False (new run; refuses an ``out`` that already has a
     checkpoint), True (``out/checkpoint.pt``) or a checkpoint path. A resumed
@@ -496,7 +509,7 @@ def train(out, options: TrainOptions | None = None, steps: int = 10000, resume=F
     time in this call, to be resumed later. ``reals``: training images
     (default: the digits train split at the options' resolution).
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 0):
         raise ConfigError(f"train-gan: steps must be an integer >= 0, got {steps!r}")
     if not checkpoint_minutes > 0:
         raise ConfigError(f"train-gan: checkpoint_minutes must be > 0, got {checkpoint_minutes!r}")
@@ -527,6 +540,9 @@ def train(out, options: TrainOptions | None = None, steps: int = 10000, resume=F
     trainer = Trainer(options, reals)
     if state is not None:
         trainer.load_state_dict(state)
+    if steps is None:
+        steps = trainer.target_steps
+    trainer.target_steps = steps
     _run(trainer, out, steps, checkpoint_minutes, max_minutes, log_every, progress)
     if trainer.step >= steps and export is not None:
         trainer.export(export)
@@ -606,7 +622,8 @@ def add_train_gan_command(verbs):
                                      "grids and OUT/log.jsonl. --resume continues exactly where it stopped. "
                                      "Needs scikit-learn.")
     p.add_argument("--out", default="runs/digits_gan", help="run directory (default: runs/digits_gan)")
-    p.add_argument("--steps", type=int, default=8000, help="total training steps (default: 8000)")
+    p.add_argument("--steps", type=int, default=None,
+                   help=f"total training steps (default: {DEFAULT_STEPS}; --resume keeps the checkpoint's goal)")
     p.add_argument("--preset", default="digits", choices=sorted(PRESETS),
                    help="option preset: digits (the shipped model) or tiny (smoke tests)")
     for flag, (_, typ, text) in _CLI_OPTIONS.items():
@@ -643,8 +660,8 @@ def _cmd_train_gan(args) -> int:
                     checkpoint_minutes=args.checkpoint_minutes, max_minutes=args.max_minutes,
                     progress=not args.no_progress)
     where = Path(args.out) / EXPORT
-    if trainer.step < args.steps:
-        print(f"stopped at step {trainer.step} of {args.steps}; continue with --resume")
+    if trainer.step < trainer.target_steps:
+        print(f"stopped at step {trainer.step} of {trainer.target_steps}; continue with --resume")
     else:
         print(f"trained {trainer.step} steps ({trainer.nimg / 1000:.1f} kimg, {trainer.elapsed / 60:.1f} min); "
               f"G_ema in {where}" + (f" and {args.export}" if args.export else ""))

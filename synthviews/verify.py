@@ -12,6 +12,7 @@ from PIL import Image
 
 from .errors import ConfigError
 from .files import sha256_file
+from .images import stored_channels
 from .manifest import MANIFEST_NAME, pending_splits, read_manifest, shard_name, shard_ranges
 from .tarshards import iter_tar_samples
 
@@ -69,6 +70,7 @@ def _check_shard(out: Path, record: dict, first: int, count: int, config: dict) 
         problems.append(f"{name}: manifest range {record['first_index']}+{record['count']} should be {first}+{count}")
     fmt, k = config["image"]["format"], config["views"]
     c, h, w = config["image"]["shape"]
+    c = stored_channels(fmt, c)  # a grey WebP view is stored as RGB
     fields = {f"view{v}.{fmt}" for v in range(k + 1)} | {"json"} | ({"latents.npy"} if config["save_latents"] else set())
     seen = 0
     try:

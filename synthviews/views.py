@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from .device import amp_context, resolve_device
+from .device import amp_context, deterministic_algorithms, resolve_device
 from .errors import ConfigError
 from .latents import Streams, sample_prior
 from .models.base import MLVGM
 from .policies import Policy, resolve_policy
+
+DECODE_BLOCK = 16  # samples per generator call: fixed, so a sample's bytes never depend on the batch size
+MAX_DECODE_BLOCK = 4096
 
 
 @dataclass
@@ -35,16 +40,32 @@ class ViewSampler:
     """Makes views that are a pure function of (model, policy, seed, index).
 
     ``views`` is K, the number of positives per anchor (each sample has 1+K
-    images). Anchors are drawn from the model's prior (overridable with
-    ``prior``), noise from the policy; both on the CPU from keyed streams,
-    then moved to ``device``, where the model is kept and decoding happens
-    in one batched pass for anchors and positives together.
+    images). Anchors are drawn from the model's prior, noise from the policy;
+    both on the CPU from keyed streams, then moved to ``device``, where the
+    model is kept.
+
+    Networks are not batch-invariant: a conv or matmul picks its kernel (and
+    so its rounding) by batch shape. The generator therefore only ever sees
+    fixed, index-aligned blocks: samples ``[b*block, (b+1)*block)`` with
+    their 1+K views, always the same tensors of the same shapes, whatever
+    indices were asked for; a request is served by decoding the blocks it
+    touches and picking its rows. Batch sizes then only group blocks (use
+    multiples of ``block`` to waste nothing), and the bytes depend only on
+    what :meth:`describe` records under ``decode``. On CPU each block is
+    computed by one thread and ``threads`` blocks (default: torch's thread
+    count) run at once, so the core count does not change the bytes either.
     """
 
     def __init__(self, model: MLVGM, policy: Policy | dict | str | None = None, views: int = 1, seed: int = 0,
-                 device: str | torch.device | None = None, amp: str | None = None):
+                 device: str | torch.device | None = None, amp: str | None = None, block: int = DECODE_BLOCK,
+                 threads: int | None = None):
         if isinstance(views, bool) or not isinstance(views, int) or views < 1:
             raise ConfigError(f"views (positives per anchor) must be an integer >= 1, got {views!r}")
+        if isinstance(block, bool) or not isinstance(block, int) or not 1 <= block <= MAX_DECODE_BLOCK:
+            raise ConfigError(f"decode block must be an integer in [1, {MAX_DECODE_BLOCK}] samples, got {block!r}")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ConfigError(f"decode threads must be an integer >= 1 or None, got {threads!r}")
+        self.block, self.threads, self._pool = block, threads, None
         self.policy = resolve_policy(policy, model)
         self.streams = Streams(seed)
         self.seed, self.views = seed, views
@@ -55,15 +76,80 @@ class ViewSampler:
 
     def latents(self, indices) -> ViewBatch:
         """Anchors, composed codes (B, 1+K, ...) and deltas, without decoding."""
+        return self._gather(indices, decode=False, inference=False)
+
+    def sample(self, indices, inference: bool = True) -> ViewBatch:
+        """Latents and images for ``indices``: images (B, 1+K, C, H, W) in [0, 1] on the device.
+
+        Runs under ``torch.inference_mode``; ``inference=False`` uses ``no_grad`` instead,
+        for views that later feed a model being trained (inference tensors cannot).
+        """
+        return self._gather(indices, decode=True, inference=inference)
+
+    def _gather(self, indices, decode: bool, inference: bool) -> ViewBatch:
+        """Serve ``indices`` (any order, repeats allowed) from the whole blocks they fall in."""
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if idx.size and idx.min() < 0:
+            raise ConfigError(f"sample indices must be >= 0, got {int(idx.min())}")
+        blocks, slot = np.unique(idx // self.block, return_inverse=True)
+        parts = self._run_blocks([int(b) for b in blocks], decode, inference)
+        rows = torch.from_numpy(slot.reshape(-1) * self.block + idx % self.block)
+
+        def pick(name: str) -> torch.Tensor:
+            whole = torch.cat([getattr(p, name) for p in parts]) if len(parts) != 1 else getattr(parts[0], name)
+            return whole[rows.to(whole.device)]
+
+        if not parts:
+            with torch.no_grad():
+                return self._block_of(idx, decode)  # empty request: the right shapes, nothing decoded
+        return ViewBatch(indices=idx, anchor=pick("anchor"), codes=pick("codes"), deltas=pick("deltas"),
+                         images=pick("images") if decode else None)
+
+    def _run_blocks(self, blocks: list[int], decode: bool, inference: bool) -> list[ViewBatch]:
+        """Each block on one thread: on CPU, blocks run in parallel on single-threaded workers.
+
+        A multi-threaded CPU kernel may split its work (and so its rounding) by the
+        thread count; one thread per block keeps the bytes the same on any machine
+        while the blocks of a batch still use every core.
+        """
+        def run(block: int) -> ViewBatch:
+            # grad mode is thread-local: set it in the thread that computes
+            with torch.inference_mode() if inference else torch.no_grad(), deterministic_algorithms(self.device):
+                idx = np.arange(block * self.block, (block + 1) * self.block, dtype=np.int64)
+                return self._block_of(idx, decode)
+
+        if self.device.type != "cpu":
+            return [run(b) for b in blocks]
+        return list(self._cpu_pool().map(run, blocks))
+
+    def __getstate__(self):  # picklable for spawned DataLoader workers: the pool is made again there
+        return {**self.__dict__, "_pool": None}
+
+    def _cpu_pool(self) -> ThreadPoolExecutor:
+        threads = self.threads or torch.get_num_threads()
+        if self._pool is None or self._pool[0] != (os.getpid(), threads):  # new after a fork or a thread change
+            if self._pool is not None and self._pool[0][0] == os.getpid():
+                self._pool[1].shutdown(wait=False)
+            pool = ThreadPoolExecutor(threads, thread_name_prefix="synthviews-decode",
+                                      initializer=torch.set_num_threads, initargs=(1,))
+            self._pool = ((os.getpid(), threads), pool)
+        return self._pool[1]
+
+    def _block_of(self, idx: np.ndarray, decode: bool) -> ViewBatch:
         model = self.model
         anchor = sample_prior(model.prior, self.streams, idx, model.latent_dim)
         codes = [model.compose(anchor.to(self.device), {})]
         for view in range(1, self.views + 1):
             noise = self.policy.noise(model, anchor, self.streams, idx, view)
             codes.append(model.compose(anchor.to(self.device), {g: n.to(self.device) for g, n in noise.items()}))
-        codes = torch.stack(codes, dim=1)  # (B, 1+K, ...)
-        return ViewBatch(indices=idx, anchor=anchor, codes=codes, deltas=self._deltas(codes))
+        codes = torch.stack(codes, dim=1)  # (S, 1+K, ...)
+        batch = ViewBatch(indices=idx, anchor=anchor, codes=codes, deltas=self._deltas(codes))
+        if decode:
+            with amp_context(self.device, self.amp):
+                images = model.decode(codes.flatten(0, 1))  # (S*(1+K), C, H, W)
+            images = images.float().clamp_(0, 1)
+            batch.images = images.view(len(idx), self.views + 1, *images.shape[1:])
+        return batch
 
     def _deltas(self, codes: torch.Tensor) -> torch.Tensor:
         out = torch.empty(codes.shape[0], self.views, len(self.model.groups), dtype=torch.float64)
@@ -74,25 +160,14 @@ class ViewSampler:
                 out[:, v - 1, g] = (per_view[v] - per_view[0]).pow(2).sum(dim=1).sqrt()
         return out
 
-    def sample(self, indices, inference: bool = True) -> ViewBatch:
-        """Latents and images for ``indices``: images (B, 1+K, C, H, W) in [0, 1] on the device.
-
-        Runs under ``torch.inference_mode``; ``inference=False`` uses ``no_grad`` instead,
-        for views that later feed a model being trained (inference tensors cannot).
-        """
-        with torch.inference_mode() if inference else torch.no_grad():
-            return self._sample(indices)
-
-    def _sample(self, indices) -> ViewBatch:
-        batch = self.latents(indices)
-        flat = batch.codes.flatten(0, 1)  # (B*(1+K), ...)
-        with amp_context(self.device, self.amp):
-            images = self.model.decode(flat)
-        images = images.float().clamp_(0, 1)
-        batch.images = images.view(len(batch.indices), self.views + 1, *images.shape[1:])
-        return batch
-
     def describe(self) -> dict:
         """What a manifest records about how views were made."""
         return {"model": self.model.describe(), "policy": self.policy.to_dict(), "policy_id": self.policy.policy_id,
-                "seed": self.seed, "views": self.views, "amp": self.amp}
+                "seed": self.seed, "views": self.views, "amp": self.amp, "decode": self.decode_settings()}
+
+    def decode_settings(self) -> dict:
+        """What the bytes still depend on besides (model, policy, seed, index): a resume must match it."""
+        cpu = torch.backends.cpu.get_cpu_capability() if self.device.type == "cpu" else None  # SIMD kernels differ
+        return {"block": self.block, "device": self.device.type, "cpu_kernels": cpu, "amp": self.amp or "none",
+                "dtype": str(next(iter(self.model.parameters()), torch.empty(0)).dtype).replace("torch.", ""),
+                "torch": torch.__version__}

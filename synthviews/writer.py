@@ -30,7 +30,7 @@ from .images import to_uint8
 from .manifest import (FORMAT_VERSION, MANIFEST_NAME, check_split, done_shards, merge, progress_name, read_manifest,
                        read_progress, shard_name, shard_ranges, split_entry, write_manifest, write_progress)
 from .models import MLVGM, load_model
-from .views import ViewSampler
+from .views import DECODE_BLOCK, ViewSampler
 
 TAR_MTIME = 0  # fixed member mtime: same command, same bytes
 
@@ -45,7 +45,8 @@ def generate(out: str | Path, model: str | MLVGM = "digits", policy=None, *, sam
              seed: int = 0, shard_size: int = 1000, format: str = "jpg", quality: int | None = None,
              batch_size: int = 64, device: str | None = "auto", amp: str | None = None, save_latents: bool = False,
              split: str = "train", resume: bool = False, rank: int | None = None, world_size: int | None = None,
-             workers: int | None = None, progress: bool = False, model_kwargs: dict | None = None) -> Path:
+             workers: int | None = None, progress: bool = False, model_kwargs: dict | None = None,
+             decode_block: int = DECODE_BLOCK) -> Path:
     """Write ``samples`` anchors with ``views`` positives each to ``out`` as WebDataset shards.
 
     Rerunning with the same arguments continues an interrupted run (``resume=True``
@@ -53,6 +54,10 @@ def generate(out: str | Path, model: str | MLVGM = "digits", policy=None, *, sam
     an existing split are refused. ``rank``/``world_size`` make this one of several
     independent jobs (merge with :func:`synthviews.manifest.merge`); under torchrun
     the ranks come from the environment. Returns ``out``.
+
+    The generator decodes fixed blocks of ``decode_block`` samples (see
+    :class:`~synthviews.views.ViewSampler`), so the bytes never depend on
+    ``batch_size``, which only groups blocks (rounded to whole blocks).
     """
     out = Path(out)
     samples = _positive_int(samples, "samples")
@@ -71,7 +76,7 @@ def generate(out: str | Path, model: str | MLVGM = "digits", policy=None, *, sam
     dev = resolve_device(device)
     if ranks.use_torch_distributed and dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", ranks.local_rank)
-    sampler = ViewSampler(model, policy, views=views, seed=seed, device=dev, amp=amp)
+    sampler = ViewSampler(model, policy, views=views, seed=seed, device=dev, amp=amp, block=decode_block)
     config = {
         **sampler.describe(),
         "samples": samples, "shard_size": shard_size, "split": split, "save_latents": bool(save_latents),
@@ -105,8 +110,7 @@ def generate(out: str | Path, model: str | MLVGM = "digits", policy=None, *, sam
         with _ShardPipeline(out, split, format, quality, workers, shard_written) as pipeline:
             for s in todo:
                 first, count = ranges[s]
-                for start in range(first, first + count, batch_size):
-                    idx = np.arange(start, min(start + batch_size, first + count))
+                for idx in block_aligned_batches(first, first + count, batch_size, sampler.block):
                     pipeline.submit(s, _encode_job(sampler, idx, meta, format, quality, save_latents, pipeline.pool))
                     bar.update(len(idx))
                     bar.set_postfix_str(f"{bar.format_dict['rate'] or 0:.0f} samples/s, "
@@ -123,6 +127,17 @@ def generate(out: str | Path, model: str | MLVGM = "digits", policy=None, *, sam
         destroy_process_group(ranks)
         torch.set_num_threads(torch_threads)
     return out
+
+
+def block_aligned_batches(start: int, stop: int, batch_size: int, block: int):
+    """Index ranges covering [start, stop) whose boundaries fall on global multiples of
+    ``batch_size`` rounded to whole blocks: no decode block is split between two batches
+    except where the range itself starts or ends inside one."""
+    step = max(1, round(batch_size / block)) * block
+    while start < stop:
+        end = min(stop, (start // step + 1) * step)
+        yield np.arange(start, end)
+        start = end
 
 
 def _check_out_folder(out: Path, split: str, config: dict, resume: bool) -> dict[int, dict]:

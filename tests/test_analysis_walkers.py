@@ -37,12 +37,11 @@ def test_a_walker_lowers_mi_below_the_unperturbed_ceiling_with_finite_delta(trai
 def test_the_checkpoint_reloads_and_generates_identically(trained, toy16):
     out, _ = trained
     policy_file = out.with_suffix(".yaml")
-    a = ViewSampler(toy16, str(policy_file), views=2, seed=4).sample(range(6))
-    b = ViewSampler(toy16, load_policy(policy_file), views=2, seed=4)
+    a = ViewSampler(toy16, str(policy_file), views=1, seed=4).sample(range(6))
+    b = ViewSampler(toy16, load_policy(policy_file), views=1, seed=4)
     assert torch.equal(a.images, b.sample(range(6)).images)
     parts = [b.sample(range(0, 1)), b.sample(range(1, 6))]  # the batch never changes a sample
     assert torch.equal(torch.cat([p.images for p in parts]), a.images)
-    assert torch.equal(a.images[:, 1], a.images[:, 2])  # deterministic given the anchor
     assert not torch.equal(a.images[:, 0], a.images[:, 1])
     assert (a.deltas[:, :, toy16.group_names.index("shape")] > 0).all()
     # The policy path matches the batched training path up to float rounding.
@@ -50,6 +49,45 @@ def test_the_checkpoint_reloads_and_generates_identically(trained, toy16):
     assert meta["model_id"] == toy16.model_id and meta["step"] == trained[1]["best_step"]
     with torch.no_grad():
         assert torch.allclose(walker(a.anchor)["shape"], walker.noise(a.anchor)["shape"], atol=1e-5)
+
+
+def test_more_than_one_positive_needs_a_per_view_scale(trained, toy16, tmp_path):
+    """T(z) is deterministic: K > 1 identical positives are refused; scale: [lo, hi] makes them differ."""
+    out, _ = trained
+    fixed = load_policy(out.with_suffix(".yaml"))
+    with pytest.raises(sv.ConfigError, match="every positive would be the same image.*scale: \\[0.5, 1.5\\]"):
+        ViewSampler(toy16, fixed, views=2, seed=4).sample(range(3))
+    assert main(["generate", "--model", "toy", "--model-opt", "resolution=16", "--device", "cpu", "--policy",
+                 str(out.with_suffix(".yaml")), "--samples", "2", "--views", "2", "--out", str(tmp_path / "d"),
+                 "--no-progress"]) == 2
+
+    ranged = out.with_name("ranged.yaml")
+    ranged.write_text(out.with_suffix(".yaml").read_text() + "scale: [0.5, 1.5]\n")
+    policy = load_policy(ranged)
+    assert policy.to_dict()["scale"] == [0.5, 1.5] and "scale" not in fixed.to_dict()
+    assert policy.policy_id != fixed.policy_id
+    a = ViewSampler(toy16, policy, views=3, seed=4).sample(range(6))
+    for i in range(6):  # K distinct positives per anchor
+        positives = {a.images[i, v].numpy().tobytes() for v in (1, 2, 3)}
+        assert len(positives) == 3
+    # Reproducible: same seed, index and view, same positive, whatever the batch.
+    again = ViewSampler(toy16, load_policy(ranged), views=3, seed=4)
+    assert torch.equal(torch.cat([again.sample([i]).images for i in range(6)]), a.images)
+    # Each positive is the learned step times its factor in [0.5, 1.5].
+    step = ViewSampler(toy16, fixed, views=1, seed=4).latents(range(6)).deltas[:, 0]
+    ratio = a.deltas / step[:, None]
+    g = toy16.group_names.index("shape")
+    assert (ratio[:, :, g] > 0.5 - 1e-4).all() and (ratio[:, :, g] < 1.5 + 1e-4).all()
+    assert ratio[:, :, g].std() > 0.05
+
+
+@pytest.mark.parametrize("scale", [0, -1, [1.5, 0.5], [0, 0], "big", [1, 2, 3], True])
+def test_bad_walker_scales_are_refused(trained, tmp_path, scale):
+    out, _ = trained
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({"kind": "walker", "walkers": [str(out)], "scale": scale}))
+    with pytest.raises(sv.ConfigError, match="p.json: walker policy: scale must be"):
+        load_policy(path)
 
 
 def test_walker_policy_paths_are_relative_to_the_policy_file(trained, toy16, tmp_path, monkeypatch):

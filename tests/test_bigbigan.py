@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import synthviews as sv
+from synthviews.errors import ConfigError
 from synthviews.models.bigbigan import BigBiGAN  # registers "bigbigan"
 
 TOL = 1e-4
@@ -92,11 +93,11 @@ def test_chunk_perturbation_golden_through_compose(tiny, golden):
 # --- layout -------------------------------------------------------------------
 
 def test_tiny_layout_matches_manifest(bb):
-    assert _manifest(BigBiGAN(ch=8)) == json.loads((bb / "manifest_tiny.json").read_text())
+    assert _manifest(BigBiGAN(ch=8, random_weights=True)) == json.loads((bb / "manifest_tiny.json").read_text())
 
 
 def test_real_128_layout_matches_manifest_with_random_weights(bb):
-    model = BigBiGAN()  # defaults = the real model
+    model = BigBiGAN(random_weights=True)  # defaults = the real model
     assert _manifest(model) == json.loads((bb / "manifest_bigbigan_128_full.json").read_text())
     counts = json.loads((bb / "bigbigan_128_full_config.json").read_text())
     assert sum(p.numel() for p in model.parameters()) == counts["num_parameters"]
@@ -104,9 +105,9 @@ def test_real_128_layout_matches_manifest_with_random_weights(bb):
 
 
 def test_random_weights_are_seeded():
-    a, b, c = BigBiGAN(ch=4), BigBiGAN(ch=4), BigBiGAN(ch=4, seed=1)
+    a, b, c = BigBiGAN(ch=4, random_weights=True), BigBiGAN(ch=4, random_weights=True), BigBiGAN(ch=4, seed=1, random_weights=True)
     assert a.model_id == b.model_id != c.model_id
-    assert a.model_id != BigBiGAN(config={"ch": 8}).model_id
+    assert a.model_id != BigBiGAN(config={"ch": 8}, random_weights=True).model_id
 
 
 def test_in_memory_weights(tiny, tiny_sd):
@@ -298,4 +299,17 @@ def test_pickled_module_gets_advice(tmp_path):
 ])
 def test_bad_options(kwargs, message):
     with pytest.raises(sv.ConfigError, match=message):
-        BigBiGAN(**{"ch": 4, **kwargs})
+        BigBiGAN(**{"ch": 4, "random_weights": True, **kwargs})
+
+
+def test_no_weights_is_refused_unless_random_weights_are_asked_for(tmp_path, capsys):
+    from synthviews.cli import main
+
+    with pytest.raises(ConfigError, match="no weights given.*random_weights=True"):
+        sv.load_model("bigbigan")
+    assert main(["generate", "--model", "bigbigan", "--samples", "2", "--out", str(tmp_path / "ds")]) == 2
+    assert "--path" in capsys.readouterr().err and not (tmp_path / "ds").exists()
+    random = sv.load_model("bigbigan", ch=4, random_weights=True)
+    assert random.describe()["source"] == {"random_weights": True, "seed": 0}  # manifests say what made the data
+    with pytest.raises(ConfigError, match="exclude each other"):
+        sv.load_model("bigbigan", path=tmp_path / "x.pth", random_weights=True)

@@ -110,3 +110,44 @@ def test_a_bad_model_file_is_one_line_and_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "model.pt" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_the_workers_help_states_the_default_generate_uses(tmp_path, monkeypatch, capsys, device):
+    """The help's formula, evaluated for several CPU counts, is the encoder pool size generate picks."""
+    import re
+
+    import torch
+
+    from synthviews import writer
+    from synthviews.cli import WORKERS_HELP
+
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    assert " ".join(WORKERS_HELP.split()) in " ".join(capsys.readouterr().out.split())
+    formulas = re.fullmatch(r".*\(default: (.+) with CUDA, (.+) on CPU, .*", WORKERS_HELP)
+    formula = formulas.group(1 if device == "cuda" else 2)
+
+    pools = []
+    real_pool, real_sampler = writer.ThreadPoolExecutor, writer.ViewSampler
+
+    def pool(workers, **kw):
+        pools.append(workers)
+        return real_pool(workers, **kw)
+
+    monkeypatch.setattr(writer, "ThreadPoolExecutor", pool)
+    if device == "cuda":  # pretend: generate sees a CUDA device, the sampler decodes on the CPU
+        monkeypatch.setattr(writer, "resolve_device", lambda _: torch.device("cuda"))
+        monkeypatch.setattr(writer, "ViewSampler", lambda *a, **kw: real_sampler(*a, **{**kw, "device": "cpu"}))
+    for n, cpus in enumerate([1, 2, 3, 4, 7, 8, 16]):
+        monkeypatch.setattr(writer.os, "cpu_count", lambda cpus=cpus: cpus)
+        writer.generate(tmp_path / str(n), "toy", samples=1, device="cpu", model_kwargs={"resolution": 8})
+        assert pools[-1] == eval(formula, {"__builtins__": {}, "min": min, "max": max, "CPUs": cpus}), (cpus, formula)
+
+
+def test_the_quick_analysis_help_gives_measured_times_per_model(capsys):
+    with pytest.raises(SystemExit):
+        main(["analyze", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    quick = text[text.index("--quick"):].split(" --walkers")[0]
+    assert "measured" in quick and "for toy" in quick and "for digits" in quick

@@ -77,7 +77,7 @@ def test_epoch_order_and_view_choice_are_seeded(dataset):
 
 
 def test_view_choices(dataset):
-    items = list(ShardViews(dataset, shuffle=0, output="dict", pairs="random", views=4, return_meta=True))
+    items = list(ShardViews(dataset, shuffle=0, output="dict", pairs="random", crops=4, return_meta=True))
     assert [it["index"] for it in items] == list(range(200))
     for it in items[:20]:
         sums = sorted(round(v.sum().item(), 4) for v in it["views"])
@@ -87,8 +87,28 @@ def test_view_choices(dataset):
     assert torch.equal(explicit["views"][1], anchor["views"][0])
     with pytest.raises(sv.ConfigError, match="stores 4 views"):
         ShardViews(dataset, pairs=[0, 4])
-    with pytest.raises(sv.ConfigError, match="anchor\\+random' returns 2 views"):
-        ShardViews(dataset, views=3)
+    with pytest.raises(sv.ConfigError, match="anchor\\+random' returns 2 crops"):
+        ShardViews(dataset, crops=3)
+    with pytest.raises(sv.ConfigError, match="crops=3 but pairs=\\[3, 0\\] lists 2"):
+        ShardViews(dataset, pairs=[3, 0], crops=3)
+
+
+@pytest.mark.parametrize("views", [1, 2, 3, 4])
+def test_views_means_positives_per_anchor_and_the_old_meaning_is_refused(dataset, views):
+    """views = K positives everywhere; the images an item yields are crops (views used to be that count here)."""
+    with pytest.raises(sv.ConfigError, match=f"views means K.*K=3 here.*pass crops={views}"):
+        ShardViews(dataset, views=views, pairs="random")
+    with pytest.raises(sv.ConfigError, match=f"pass crops={views}"):
+        loader(dataset, batch_size=8, views=views)
+    assert len(next(iter(ShardViews(dataset, crops=views, pairs="random", shuffle=0)))[0]) == views
+    if views >= 2:  # ContinuousViews: views=K generates K positives, i.e. 1+K images; crops must agree
+        with pytest.raises(sv.ConfigError, match=f"views={views} .*makes {views + 1} images per item, but crops=2; "
+                                                 f"pass crops={views + 1}, or crops={views} alone"):
+            _continuous(views=views)
+        assert len(_continuous(crops=views).batch(np.arange(2))[0]) == views
+    item, _ = _continuous(views=views, crops=views + 1).batch(np.arange(2))
+    assert len(item) == views + 1
+    assert _continuous(crops=views + 1).views == views  # the attribute is K too
 
 
 @pytest.mark.parametrize("output", ["tuple", "lightly", "solo", "dict", "stablerep"])
@@ -196,16 +216,16 @@ def test_continuous_streams_never_repeat_across_ranks_workers_and_epochs(monkeyp
 
 
 def test_continuous_batches_are_reproducible_and_resume_mid_epoch():
-    ds = _continuous(views=3)
+    ds = _continuous(crops=3)
     full = list(ds)
     assert len(full) == 12 and len(full[0][0]) == 3 and full[0][0][0].shape == (8, 3, 16, 16)
-    again = _continuous(views=3)
+    again = _continuous(crops=3)
     it = iter(again)
     for _ in range(5):
         next(it)
     state = again.state_dict()
     assert state["batch"] == 5
-    resumed = _continuous(views=3)
+    resumed = _continuous(crops=3)
     resumed.load_state_dict(state)
     rest = list(resumed)
     assert len(rest) == 7

@@ -6,11 +6,15 @@ pickler, so nothing of the original code is needed, imported or executed.
 """
 
 import collections
+import contextlib
 import io
 import json
 import pickle
+import pickletools
+import re
 import struct
 import sys
+import types
 import zipfile
 
 import numpy as np
@@ -469,6 +473,305 @@ def test_tf_pickle_missing_variable_and_bad_kwargs(tf_tiny, tmp_path):
         read_network_pickle(path)
 
 
+# --- TF pickles written the way TF writes them -------------------------------------------
+#
+# TF1's Network.__getstate__ stores Session.run results: arrays for tensors, numpy *scalars* for 0-d
+# variables (lod, noise_strength). Here real numpy objects and a throw-away dnnlib.tflib.network.Network
+# class (registered in sys.modules only while pickling) go through a real pickler, so the stream names
+# the real globals. "numpy1" renames numpy's callables to the numpy 1.x module paths the official files
+# use (numpy.core.*); "native" is this numpy's own pickling, as a re-save with the C pickler gives.
+
+
+@contextlib.contextmanager
+def stand_in_dnnlib():
+    """Yields a Network class that pickles as dnnlib.tflib.network.Network (NEWOBJ + BUILD, as TF's does)."""
+    names = ("dnnlib", "dnnlib.tflib", "dnnlib.tflib.network")
+    assert not any(n in sys.modules for n in names)
+    mods = {n: types.ModuleType(n) for n in names}
+
+    class Network:
+        def __init__(self, state):
+            self._state = state
+
+        def __getstate__(self):
+            return self._state
+
+    Network.__module__, Network.__qualname__ = "dnnlib.tflib.network", "Network"
+    mods["dnnlib.tflib.network"].Network = Network
+    mods["dnnlib"].tflib, mods["dnnlib.tflib"].network = mods["dnnlib.tflib"], mods["dnnlib.tflib.network"]
+    sys.modules.update(mods)
+    try:
+        yield Network
+    finally:
+        for n in names:
+            sys.modules.pop(n, None)
+
+
+class Numpy1Pickler(pickle._Pickler):
+    """The pure-Python pickler, writing numpy objects with numpy 1.x global names (numpy.core.*)."""
+
+    def __init__(self, f, protocol):
+        super().__init__(f, protocol=protocol)
+        self.globals = {}
+
+    def reducer_override(self, obj):
+        if not isinstance(obj, (np.ndarray, np.generic, np.dtype)):
+            return NotImplemented
+        func, *rest = obj.__reduce_ex__(self.proto)
+        module = func.__module__.replace("numpy._core", "numpy.core")
+        ref = self.globals.setdefault((module, func.__name__), Global(module, func.__name__))
+        return (ref, *rest)
+
+    dispatch = dict(pickle._Pickler.dispatch)
+    dispatch[Global] = StreamPickler.save_global_ref
+
+
+def tf_value(t):
+    """What Session.run gives for a variable: an np.float32 scalar for 0-d, else a float32 array."""
+    a = t.numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
+    return np.float32(a) if a.ndim == 0 else a.astype(np.float32)
+
+
+def tf_network_pickle(variables, static_kwargs, protocol, numpy_names, src="", edit=None, buffer_callback=None):
+    """(G, D, Gs) as TF pickles it. ``variables``: flattened Gs variables; the synthesis network gets a
+    ``lod`` of its own. ``edit(net_name, entries)`` may tamper with a network's variables list."""
+    own = {"lod": 0.0}
+    parts = {"": own, "mapping": {}, "synthesis": {"lod": 0.0}}
+    for name, value in variables.items():
+        head, _, rest = name.partition("/")
+        (parts[head] if rest else own)[rest or name] = value
+    with stand_in_dnnlib() as Network:
+        def net(name, kwargs, values, components, func):
+            entries = [(k, tf_value(v) if isinstance(v, (torch.Tensor, np.ndarray, float)) else v)
+                       for k, v in values.items()]
+            entries = edit(name, entries) if edit else entries
+            return Network({"version": 4, "name": name, "static_kwargs": kwargs, "components": components,
+                            "build_module_src": src, "build_func_name": func, "variables": entries})
+
+        def generator(name, shift):
+            comps = {"mapping": net("G_mapping", {**static_kwargs, "dlatent_broadcast": 8},
+                                    {k: v + shift for k, v in parts["mapping"].items()}, {}, "G_mapping"),
+                     "synthesis": net("G_synthesis", dict(static_kwargs),
+                                      {k: v + shift for k, v in parts["synthesis"].items()}, {}, "G_synthesis")}
+            return net(name, dict(static_kwargs), {k: v + shift for k, v in own.items()}, comps, "G_main")
+
+        d = net("D", {}, {"4x4/Dense0/weight": torch.ones(4, 2)}, {}, "D_main")
+        nets = (generator("G", 1.0), d, generator("Gs", 0.0))  # G's weights are off by one: must not be read
+        if numpy_names == "native":
+            return pickle.dumps(nets, protocol=protocol, buffer_callback=buffer_callback)
+        f = io.BytesIO()
+        Numpy1Pickler(f, protocol).dump(nets)
+        return f.getvalue()
+
+
+class GlobalRecorder(RestrictedUnpickler):
+    def find_class(self, module, name):
+        self.seen.add(f"{module}.{name}")
+        return super().find_class(module, name)
+
+
+def stream_globals(data: bytes) -> set:
+    u = GlobalRecorder(io.BytesIO(data))
+    u.seen = set()
+    u.load()
+    return u.seen
+
+
+def to_tf_layout(state):
+    """PyTorch-layout generator weights -> flattened TF Gs variables: SPEC section 7's table run backwards."""
+    out = {"lod": torch.tensor(0.0)}
+    for name, t in state.items():
+        if name.endswith("resample_filter"):
+            continue
+        if name == "mapping.w_avg":
+            out["dlatent_avg"] = t
+            continue
+        m = re.fullmatch(r"mapping\.fc(\d+)\.(weight|bias)", name)
+        if m:
+            out[f"mapping/Dense{m[1]}/{m[2]}"] = t.t() if m[2] == "weight" else t
+            continue
+        if name == "synthesis.b4.const":
+            out["synthesis/4x4/Const/const"] = t[None]
+            continue
+        res, layer, leaf = re.fullmatch(r"synthesis\.b(\d+)\.(conv0|conv1|torgb)\.(.+)", name).groups()
+        res, k = int(res), int(res).bit_length() - 1
+        if leaf == "noise_const":
+            index = 0 if res == 4 else 2 * k - (5 if layer == "conv0" else 4)
+            out[f"synthesis/noise{index}"] = t[None, None]
+            continue
+        base = f"synthesis/{res}x{res}/" + {"conv0": "Conv0_up", "conv1": "Conv" if res == 4 else "Conv1",
+                                             "torgb": "ToRGB"}[layer]
+        if leaf == "weight":  # [out, in, kh, kw] -> [kh, kw, in, out]; the up-conv kernel is stored flipped
+            w = t.permute(2, 3, 1, 0)
+            out[f"{base}/weight"] = w.flip([0, 1]) if layer == "conv0" else w
+        elif leaf == "affine.weight":
+            out[f"{base}/mod_weight"] = t.t()
+        elif leaf == "affine.bias":
+            out[f"{base}/mod_bias"] = t - 1
+        else:  # bias, noise_strength
+            out[f"{base}/{leaf}"] = t
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+@pytest.fixture(scope="module")
+def tiny(compat_dir):
+    """tinyN -> config, state dict, golden, and its TF static kwargs and variables."""
+    sg = compat_dir / "stylegan2"
+    base_kwargs = json.loads((sg / "tiny1_tf_static_kwargs.json").read_text())["static_kwargs"]
+    out = {}
+    for n in (1, 2, 3):
+        config = generator_config(json.loads((sg / f"tiny{n}_config.json").read_text())["constructor_kwargs"])
+        state = torch.load(sg / f"tiny{n}_state_dict.pt", weights_only=True)
+        extra = {k: config["synthesis_kwargs"][k] for k in ("conv_clamp", "num_fp16_res")
+                 if config["synthesis_kwargs"][k]}
+        out[n] = {"config": config, "state": state, "golden": torch.load(sg / f"tiny{n}_golden.pt", weights_only=True),
+                  "static_kwargs": {**base_kwargs, **extra}, "variables": to_tf_layout(state)}
+    return out
+
+
+def test_inverse_tf_layout_matches_the_spec_file(tiny, compat_dir):
+    """The test's own PyTorch -> TF converter reproduces tiny1_tf_layout_variables.pt exactly."""
+    given = torch.load(compat_dir / "stylegan2" / "tiny1_tf_layout_variables.pt", weights_only=True)
+    mine = tiny[1]["variables"]
+    assert sorted(mine) == sorted(given)
+    for k in given:
+        assert mine[k].shape == given[k].shape and torch.equal(mine[k], given[k]), k
+
+
+def golden_errors(model, gold) -> dict:
+    with torch.no_grad():
+        return {"ws_psi1": (model.mapping(gold["z"]) - gold["ws_psi1"]).abs().max().item(),
+                "ws_psi07": (model.mapping(gold["z"], 0.7) - gold["ws_psi07"]).abs().max().item(),
+                "img_psi1_const": (model.synthesis(gold["ws_psi1"]) - gold["img_psi1_const"]).abs().max().item(),
+                "img_psi1_none": (model.synthesis(gold["ws_psi1"], noise_mode="none")
+                                  - gold["img_psi1_none"]).abs().max().item()}
+
+
+TF_OFFICIAL_GLOBALS = {"dnnlib.tflib.network.Network", "numpy.core.multiarray._reconstruct", "numpy.ndarray",
+                       "numpy.dtype", "numpy.core.multiarray.scalar"}
+
+
+@pytest.mark.parametrize("n, protocol, numpy_names, expected_globals", [
+    # As TF writes them: protocol 4, numpy 1.x names, 0-d variables as numpy scalars.
+    (1, 4, "numpy1", TF_OFFICIAL_GLOBALS),
+    (3, 4, "numpy1", TF_OFFICIAL_GLOBALS),  # conv_clamp=0.5 in static_kwargs: the clamp really acts
+    # Re-saved with protocol 5: numpy then pickles arrays through _frombuffer with in-band buffers.
+    (1, 5, "native", {"dnnlib.tflib.network.Network", "numpy._core.numeric._frombuffer", "numpy.dtype",
+                      "numpy._core.multiarray.scalar"}),
+    (3, 5, "numpy1", {"dnnlib.tflib.network.Network", "numpy.core.numeric._frombuffer", "numpy.dtype",
+                      "numpy.core.multiarray.scalar"}),
+])
+def test_tf_pickle_as_written_by_tf(n, protocol, numpy_names, expected_globals, tiny, tmp_path):
+    t = tiny[n]
+    marker = tmp_path / "tf_src_ran"
+    data = tf_network_pickle(t["variables"], t["static_kwargs"], protocol, numpy_names,
+                             src=MODULE_SRC_TEMPLATE.format(marker=str(marker)))
+    assert data[:2] == bytes([0x80, protocol])
+    assert stream_globals(data) == expected_globals
+    opcodes = {op.name for op, _, _ in pickletools.genops(data)}
+    assert "NEWOBJ" in opcodes and "BUILD" in opcodes
+    if protocol == 5:
+        assert "BYTEARRAY8" in opcodes and "NEXT_BUFFER" not in opcodes
+    path = tmp_path / "stylegan2-car-config-f.pkl"
+    path.write_bytes(data)
+    ckpt = read_network_pickle(path)
+    assert ckpt.kind == "tf-pickle" and ckpt.config == t["config"]
+    assert_same_state(ckpt.state_dict, t["state"])
+    errors = golden_errors(load_model("stylegan2", path=path), t["golden"])
+    print(f"tiny{n} protocol {protocol} {numpy_names}: max abs errors {errors}")
+    assert max(errors.values()) <= 1e-4, errors
+    assert not marker.exists() and "dnnlib" not in sys.modules
+
+
+def test_tf_clamp_test_data_really_clamps(tiny):
+    """tiny3 (clamp 0.5) differs from tiny1 (no clamp): dropping conv_clamp could not pass for it."""
+    assert (tiny[3]["golden"]["img_psi1_const"] - tiny[1]["golden"]["img_psi1_const"]).abs().max() > 0.1
+
+
+def test_tf_pickle_out_of_band_buffers_are_refused(tiny, tmp_path):
+    t = tiny[1]
+    buffers = []
+    data = tf_network_pickle(t["variables"], t["static_kwargs"], 5, "native", buffer_callback=buffers.append)
+    assert buffers and b"\x97" in data  # NEXT_BUFFER: the array data went elsewhere
+    path = tmp_path / "oob.pkl"
+    path.write_bytes(data)
+    with pytest.raises(ConfigError, match=r"oob\.pkl refers to out-of-band buffers.*not in the file"):
+        read_network_pickle(path)
+
+
+def test_tf_pickle_static_kwargs(tiny, tmp_path):
+    t = tiny[1]
+    path = tmp_path / "kw.pkl"
+
+    def load(**extra):
+        path.write_bytes(tf_network_pickle(t["variables"], {**t["static_kwargs"], **extra}, 4, "numpy1"))
+        return read_network_pickle(path)
+
+    # Run-time and training options do not change what mapping/synthesis compute: accepted.
+    ckpt = load(truncation_psi=0.5, truncation_cutoff=None, randomize_noise=True, style_mixing_prob=0.9,
+                dlatent_avg_beta=0.995, structure="auto", fused_modconv=True, is_template_graph=False,
+                dtype="float32", synthesis_func="G_synthesis_stylegan2", fmap_min=1, fmap_const=None)
+    assert ckpt.config == t["config"]
+    # An unknown one is refused, naming it and the file (one line).
+    with pytest.raises(ConfigError, match=r"kw\.pkl: .*unknown static kwarg.*'use_wavelets'") as err:
+        load(use_wavelets=True)
+    assert "\n" not in str(err.value)
+    for extra, match in [({"dtype": "float16"}, "dtype='float16'"), ({"normalize_latents": False}, "normalize_latents"),
+                         ({"synthesis_func": "G_synthesis_stylegan_revised"}, "synthesis_func"),
+                         ({"fmap_const": 8}, "fmap_const=8"), ({"fmap_min": 64}, "fmap_min=64"),
+                         ({"label_size": 10}, "label_size=10")]:
+        with pytest.raises(ConfigError, match=rf"kw\.pkl: .*{match}"):
+            load(**extra)
+
+
+def test_tf_pickle_num_fp16_res_is_honoured(tiny, compat_dir, tmp_path):
+    """An ADA-era TF pickle (conv_clamp 256, num_fp16_res 2) gives the same generator as tiny2's explicit config."""
+    t = tiny[2]
+    assert t["static_kwargs"]["num_fp16_res"] == 2 and t["static_kwargs"]["conv_clamp"] == 256
+    path = tmp_path / "ada-tf.pkl"
+    path.write_bytes(tf_network_pickle(t["variables"], t["static_kwargs"], 4, "numpy1"))
+    model = load_model("stylegan2", path=path)
+    explicit = load_model("stylegan2", path=compat_dir / "stylegan2" / "tiny2_state_dict.pt",
+                          config=compat_dir / "stylegan2" / "tiny2_config.json")
+    assert model.config["config"] == explicit.config["config"] == t["config"]
+    assert [b.use_fp16 for b in model.synthesis.blocks()] == [False, False, True, True]
+    ws = t["golden"]["ws_psi1"]
+    with torch.no_grad():
+        fp16 = model.synthesis(ws, force_fp32=False)
+        assert torch.equal(fp16, explicit.synthesis(ws, force_fp32=False))
+        assert (fp16 - model.synthesis(ws)).abs().max() > 1e-4  # the fp16 blocks really run in fp16
+    errors = golden_errors(model, t["golden"])  # the fp32 reference
+    print(f"tiny2 (fp16 config) protocol 4: max abs errors {errors}")
+    assert max(errors.values()) <= 1e-4, errors
+
+
+@pytest.mark.parametrize("case, match", [
+    ("string", r"synthesis/4x4/Conv/noise_strength in Gs: it holds a str"),
+    ("non-numeric scalar", r"synthesis/4x4/Conv/noise_strength in Gs: it holds a numpy scalar of a non-numeric"),
+    ("triple", r"\d+ of component synthesis: expected a \(name, value\) pair, got a tuple"),
+])
+def test_tf_pickle_malformed_variable_entry(case, match, tiny, tmp_path):
+    t = tiny[1]
+
+    def edit(net_name, entries):
+        if net_name != "G_synthesis":
+            return entries
+        out = []
+        for name, value in entries:
+            if name == "4x4/Conv/noise_strength":
+                out.append({"string": (name, "0.1"), "non-numeric scalar": (name, np.str_("x")),
+                            "triple": (name, value, value)}[case])
+            else:
+                out.append((name, value))
+        return out
+
+    path = tmp_path / "bad-entry.pkl"
+    path.write_bytes(tf_network_pickle(t["variables"], t["static_kwargs"], 4, "numpy1", edit=edit))
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: malformed TF variable entry {match}") as err:
+        load_model("stylegan2", path=path)
+    assert "\n" not in str(err.value)
+
+
 # --- state dict files ------------------------------------------------------------------
 
 def test_pt_and_safetensors_files(tiny1, tmp_path):
@@ -536,12 +839,28 @@ def test_bad_state_dict_files(tiny1, compat_dir, tmp_path):
     torch.save({"G_ema": state}, pt)
     with pytest.raises(ConfigError, match="flat state dict"):
         load_model("stylegan2", path=pt, config=cfg)
+    # The messages below are ours (found before or around torch.load), whatever text this torch version has.
     pt.write_bytes(pickle.dumps({"x": Exception("y")}, protocol=2))
-    with pytest.raises(ConfigError, match="weights_only"):
+    with pytest.raises(ConfigError, match=r"x\.pt is a plain pickle, not a file written by torch\.save"):
+        load_model("stylegan2", path=pt, config=cfg)
+    torch.save({"x": Exception("y")}, pt)  # a real torch.save file that weights_only refuses
+    with pytest.raises(ConfigError, match=r"x\.pt: torch\.load\(weights_only=True\) could not read it: "
+                                          r"it is not a plain state dict"):
+        load_model("stylegan2", path=pt, config=cfg)
+    torch.save(state, pt, _use_new_zipfile_serialization=False)  # legacy format, cut short
+    pt.write_bytes(pt.read_bytes()[:5000])
+    with pytest.raises(ConfigError, match=r"x\.pt: torch\.load\(weights_only=True\) could not read it: .* damaged"):
         load_model("stylegan2", path=pt, config=cfg)
     torch.save(state, pt)
     pt.write_bytes(pt.read_bytes()[:5000])
-    with pytest.raises(ConfigError, match="truncated"):
+    with pytest.raises(ConfigError, match=r"x\.pt is truncated or damaged: its zip directory cannot be read"):
+        load_model("stylegan2", path=pt, config=cfg)
+    with zipfile.ZipFile(pt, "w") as z:
+        z.writestr("a.txt", "hello")
+    with pytest.raises(ConfigError, match=r"x\.pt is a zip archive but not one that torch\.save writes"):
+        load_model("stylegan2", path=pt, config=cfg)
+    pt.write_bytes(b"hello world")
+    with pytest.raises(ConfigError, match=r"x\.pt is not a torch file \(neither a zip archive nor"):
         load_model("stylegan2", path=pt, config=cfg)
     st = tmp_path / "x.safetensors"
     save_safetensors(st, state, cfg)

@@ -200,10 +200,17 @@ def test_cli_errors_and_a_tiny_run(tmp_path, monkeypatch, capsys):
     assert _run_cli(["train-gan", "--out", str(out), "--preset", "tiny", "--steps", "2", "--no-progress",
                      "--export", str(tmp_path / "e.safetensors")]) == 0
     assert (tmp_path / "e.safetensors").is_file() and (out / CHECKPOINT).is_file()
+    import synthviews as sv
+
+    trained = sv.load_model("stylegan2", path=tmp_path / "e.safetensors")  # the project's own model, not NVIDIA's
+    assert trained.license == "mit" and trained.license_link is None
+    assert "generic" in trained.default_policy_origin()  # not the LSUN Cars stds
     conflict = _run_cli(["train-gan", "--out", str(out), "--resume", "--lr", "0.1", "--no-progress"])
     assert isinstance(conflict, str) and "lr" in conflict
     assert _run_cli(["train-gan", "--out", str(out), "--resume", "--steps", "3", "--no-progress"]) == 0
     assert read_checkpoint(out / CHECKPOINT)["step"] == 3
+    assert _run_cli(["train-gan", "--out", str(out), "--resume", "--no-progress"]) == 0  # keeps its goal of 3
+    assert read_checkpoint(out / CHECKPOINT)["step"] == 3 and read_checkpoint(out / CHECKPOINT)["target_steps"] == 3
     if hasattr(cli, "build_parser"):  # once wired into synthviews.cli, the verb parses there too
         try:
             cli.build_parser().parse_args(["train-gan", "--out", str(out), "--resume"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..errors import ConfigError
 
@@ -53,6 +54,9 @@ def _cmd_analyze(args) -> int:
     from .report import analyze
     from .walkers import WalkerSettings
 
+    if args.embed_policy and (args.path is None or not str(args.path).lower().endswith(".safetensors")):
+        raise ConfigError(f"--embed-policy needs --path FILE.safetensors (the checkpoint to store it in), "
+                          f"got {args.path!r}")
     overrides = _overrides(args, _SWEEP_FIELDS)
     settings = Settings.quick(**overrides) if args.quick else Settings(**overrides)
     walker_settings = WalkerSettings(seed=settings.seed, critic=settings.critic, resolution=settings.resolution,
@@ -68,6 +72,13 @@ def _cmd_analyze(args) -> int:
         print(f"  {c['group']:<12} {c['kind']:<11} -> {std:<10} {c['reason']}")
     print(f"wrote {out}/report.md, results.json, results.csv, mi_vs_std.png, mi_vs_delta.png, policy.yaml, "
           f"preview.png in {result['seconds_total']:.0f} s")
+    if args.embed_policy:
+        import yaml
+
+        from ..models.stylegan2_checkpoint import embed_policy
+
+        embed_policy(args.path, yaml.safe_load((Path(out) / "policy.yaml").read_text()))
+        print(f"stored the policy in {args.path}: it is now that checkpoint's default policy")
     return 0
 
 
@@ -121,7 +132,12 @@ def add_commands(verbs) -> None:
                    help="keep at least this fraction of the reference MI when choosing stds (default: 0.9)")
     p.add_argument("--near", type=float, default=0.95,
                    help="under-used if MI keeps this fraction at the largest std (default: 0.95)")
-    p.add_argument("--quick", action="store_true", help="stds 0.5,2, fewer pairs and steps: a first look in a minute")
+    p.add_argument("--quick", action="store_true",
+                   help="stds 0.5,2, fewer pairs and steps: a first look (measured on 2 CPU cores: about 1 min "
+                        "for toy, 3-5 min for digits)")
+    p.add_argument("--embed-policy", action="store_true",
+                   help="also store the chosen policy in the --path .safetensors file (e.g. one train-gan wrote), "
+                        "so loading that file gives it as the default policy")
     p.add_argument("--walkers", action="store_true", help="also train one walker per group (Table 1 mode)")
     p.add_argument("--walker-steps", type=int, help="maximum walker training steps (default: 600)")
     p.add_argument("--preview-samples", type=int, default=6, help="rows of the preview grid (default: 6)")

@@ -310,8 +310,14 @@ def _train_walker(model, groups, out, settings, device, resume, progress) -> dic
 # --- the walker policy ---------------------------------------------------------
 
 class WalkerPolicy(Policy):
-    """Noise from learned walkers: group g gets T_g(anchor), the same for every view.
+    """Noise from learned walkers: group g gets scale * T_g(anchor).
 
+    T_g is a deterministic function of the anchor, so with the default
+    ``scale: 1`` (the learned step, as COP-Gen uses it) an anchor has exactly
+    one positive and asking for more views is refused. ``scale: [lo, hi]``
+    makes K > 1 meaningful: each positive walks along the learned step by its
+    own factor, drawn from U(lo, hi) per (sample, view, walker) from the keyed
+    streams, so positives differ in how far they move and stay reproducible.
     Several walker checkpoints combine if their groups do not overlap;
     groups no walker covers stay fixed. Policy file::
 
@@ -319,11 +325,13 @@ class WalkerPolicy(Policy):
         walkers:                       # paths relative to this file
           - {path: color.pt, sha256: ...}   # sha256 optional; checked if given
           - pose.pt
+        scale: [0.5, 1.5]              # optional; default 1 (one positive per anchor)
     """
 
     kind = "walker"
 
-    def __init__(self, entries: list[dict], base: str | Path | None = None):
+    def __init__(self, entries: list[dict], base: str | Path | None = None, scale=1.0):
+        self.scale = _check_scale(scale)
         self.entries, self.walkers = [], []
         seen: dict[str, str] = {}
         for entry in entries:
@@ -353,20 +361,34 @@ class WalkerPolicy(Policy):
                                       f"{model.group(g).size} in the model")
 
     def noise(self, model, anchor, streams, indices, view):
+        lo, hi = self.scale
+        if view > 1 and lo == hi:
+            raise ConfigError(f"walker policy ({', '.join(e['path'] for e in self.entries)}): a walker is a "
+                              "deterministic function of the anchor, so every positive would be the same image; "
+                              "use views=1 (--views 1) or give the policy a per-view step scale, e.g. "
+                              "scale: [0.5, 1.5]")
         out = {}
         for walker, _ in self.walkers:
-            out.update(walker.noise(anchor))
+            if lo == hi:
+                factor = torch.tensor(lo)
+            else:  # one factor per sample and view, drawn independently for each walker
+                u = streams.uniform(indices, view, "walker:" + ",".join(walker.groups), "scale", 1)
+                factor = torch.from_numpy(lo + (hi - lo) * u).float()
+            out.update({g: (factor * n).float() for g, n in walker.noise(anchor).items()})
         return out
 
     def to_dict(self):
-        return {"kind": self.kind, "walkers": [dict(e) for e in self.entries]}
+        d = {"kind": self.kind, "walkers": [dict(e) for e in self.entries]}
+        if self.scale != (1.0, 1.0):  # the default stays out: older walker policies keep their policy_id
+            d["scale"] = self.scale[0] if self.scale[0] == self.scale[1] else list(self.scale)
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping, base: str | Path | None = None) -> "WalkerPolicy":
-        unknown = set(d) - {"kind", "walkers"}
+        unknown = set(d) - {"kind", "walkers", "scale"}
         if unknown:
             raise ConfigError(f"walker policy: unknown key(s) {', '.join(sorted(map(str, unknown)))}; "
-                              "allowed: kind, walkers")
+                              "allowed: kind, walkers, scale")
         items = d.get("walkers")
         if not isinstance(items, list) or not items:
             raise ConfigError("walker policy: 'walkers' must be a non-empty list of checkpoint paths")
@@ -376,7 +398,18 @@ class WalkerPolicy(Policy):
             if not isinstance(entry, Mapping) or not isinstance(entry.get("path"), str) or set(entry) - {"path", "sha256"}:
                 raise ConfigError(f"walker policy: each entry is a path or {{path: ..., sha256: ...}}, got {item!r}")
             entries.append(dict(entry))
-        return cls(entries, base if base is not None else policies.policy_file_dir())
+        scale = _check_scale(d.get("scale", 1.0))  # before loading any checkpoint: cheap errors first
+        return cls(entries, base if base is not None else policies.policy_file_dir(), scale)
+
+
+def _check_scale(scale) -> tuple[float, float]:
+    """``scale`` as (lo, hi): a number s is (s, s); a pair [lo, hi] needs 0 <= lo <= hi, hi > 0."""
+    pair = list(scale) if isinstance(scale, (list, tuple)) else [scale, scale]
+    if (len(pair) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                                  for v in pair) or not 0 <= pair[0] <= pair[1] or pair[1] <= 0):
+        raise ConfigError(f"walker policy: scale must be a number > 0 or a range [lo, hi] with 0 <= lo <= hi, "
+                          f"got {scale!r}")
+    return float(pair[0]), float(pair[1])
 
 
 def walker_policy_yaml(policy_path: str | Path, checkpoints: list[str | Path]) -> str:
@@ -389,6 +422,8 @@ def walker_policy_yaml(policy_path: str | Path, checkpoints: list[str | Path]) -
     entries = [{"path": Path(os.path.relpath(Path(c).resolve(), base)).as_posix(), "sha256": sha256_file(c)}
                for c in checkpoints]
     return ("# Learned-walker policy: each group's noise is T_g(anchor), written by synthviews.\n"
+            "# T_g is deterministic: one positive per anchor (--views 1). For more, add a per-view step\n"
+            "# scale, e.g. `scale: [0.5, 1.5]`: each positive gets scale * T_g(anchor), scale drawn per view.\n"
             + yaml.safe_dump({"kind": "walker", "walkers": entries}, sort_keys=False))
 
 

@@ -32,7 +32,10 @@ from .formats import check_output, format_item
 class ContinuousViews(torch.utils.data.IterableDataset):
     """Anchor + positives generated per batch from ``model`` and ``policy``.
 
-    - ``views``: views per item (the anchor and ``views - 1`` positives), >= 2.
+    - ``crops``: images per item, >= 2 (default 2): the anchor and ``crops - 1`` positives.
+    - ``views``: K, positives per anchor, as in ``ViewSampler`` and ``generate``; optional,
+      it must equal ``crops - 1`` (every generated image is returned). It used to count
+      images, so a mismatch is an error rather than a silently different count.
     - ``epoch_samples``: samples per epoch over all ranks (e.g. a real dataset's size);
       each rank yields ``epoch_samples // (batch_size * ranks)`` batches.
     - ``t_x``: preset name (``simclr``, ``no_color``, ``no_crop``, ``none``), a callable
@@ -44,13 +47,20 @@ class ContinuousViews(torch.utils.data.IterableDataset):
     - :meth:`state_dict` / :meth:`load_state_dict` resume the stream mid-epoch.
     """
 
-    def __init__(self, model, policy=None, views: int = 2, epoch_samples: int = 10_000, batch_size: int = 64,
-                 seed: int = 0, device=None, amp: str | None = None, t_x: str | Callable | None = "no_color",
-                 t_x_size: int = 112, output: str = "tuple", real=None, real_ratio: float = 0.0,
-                 num_workers: int = 0):
+    def __init__(self, model, policy=None, views: int | None = None, epoch_samples: int = 10_000,
+                 batch_size: int = 64, seed: int = 0, device=None, amp: str | None = None,
+                 t_x: str | Callable | None = "no_color", t_x_size: int = 112, output: str = "tuple", real=None,
+                 real_ratio: float = 0.0, num_workers: int = 0, crops: int = 2):
         super().__init__()
-        if isinstance(views, bool) or not isinstance(views, int) or views < 2:
-            raise ConfigError(f"views must be an integer >= 2 (the anchor and at least one positive), got {views!r}")
+        if isinstance(crops, bool) or not isinstance(crops, int) or crops < 2:
+            raise ConfigError(f"ContinuousViews: crops (images per item) must be an integer >= 2, the anchor and "
+                              f"at least one positive; got {crops!r}")
+        if views is not None and (isinstance(views, bool) or not isinstance(views, int) or views < 1):
+            raise ConfigError(f"ContinuousViews: views (positives per anchor) must be an integer >= 1, got {views!r}")
+        if views is not None and views != crops - 1:
+            old = f", or crops={views} alone for {views} images (views used to count images)" if views >= 2 else ""
+            raise ConfigError(f"ContinuousViews: views={views} (positives per anchor, as in generate) makes "
+                              f"{views + 1} images per item, but crops={crops}; pass crops={views + 1}{old}")
         for name, value in (("epoch_samples", epoch_samples), ("batch_size", batch_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
@@ -58,14 +68,14 @@ class ContinuousViews(torch.utils.data.IterableDataset):
             raise ConfigError(f"real_ratio must be in [0, 1], got {real_ratio!r}")
         if real_ratio > 0 and (real is None or not hasattr(real, "__getitem__") or not hasattr(real, "__len__")):
             raise ConfigError("real_ratio > 0 needs real=, a map-style dataset (with __len__ and __getitem__)")
-        self.sampler = ViewSampler(model, policy, views=views - 1, seed=seed, device=device, amp=amp)
+        self.sampler = ViewSampler(model, policy, views=crops - 1, seed=seed, device=device, amp=amp)
         self.output = check_output(output)
         if isinstance(t_x, str):
             t_x = make_augment(t_x, size=t_x_size)
         elif t_x is not None and not callable(t_x):
             raise ConfigError(f"t_x must be a preset name, a callable or None, got {type(t_x).__name__}")
         self.t_x_seeded = isinstance(t_x, Augment)  # presets take a seed: reproducible per-sample parameters
-        self.t_x, self.views, self.seed = t_x, views, seed
+        self.t_x, self.views, self.crops, self.seed = t_x, crops - 1, crops, seed
         self.epoch_samples, self.batch_size, self.num_workers = epoch_samples, batch_size, int(num_workers)
         self.real, self.real_ratio = real, float(real_ratio)
         self.streams = Streams(seed)
@@ -118,7 +128,7 @@ class ContinuousViews(torch.utils.data.IterableDataset):
         else:
             images = self._mixed(indices)
         views = []
-        for v in range(self.views):
+        for v in range(self.crops):
             x = images[:, v]
             if self.t_x is not None:
                 seed = int(self.streams.keys(indices[:1], v, "*", "t_x")[0] >> np.uint64(1))
@@ -130,7 +140,7 @@ class ContinuousViews(torch.utils.data.IterableDataset):
         """Images where a ``real_ratio`` share of the samples (chosen per index) are real images."""
         c, h, w = self.sampler.model.image_shape
         device = self.sampler.device
-        images = torch.empty(len(indices), self.views, c, h, w, device=device)
+        images = torch.empty(len(indices), self.crops, c, h, w, device=device)
         real = self.streams.uniform(indices, 0, "*", "real", 1)[:, 0] < self.real_ratio
         picks = (self.streams.uniform(indices[real], 0, "*", "real-index", 1)[:, 0] * len(self.real)).astype(int)
         for row, j in zip(np.flatnonzero(real), picks):

@@ -1,7 +1,9 @@
 """Which stored views a sample returns, and the item layouts SSL frameworks expect.
 
-``views`` is always a list of (C, H, W) tensors (or, for batched datasets,
-(B, C, H, W)), so default collate turns it into a list of (B, C, H, W).
+An item's images (its ``crops``) are always a list of (C, H, W) tensors (or,
+for batched datasets, (B, C, H, W)), so default collate turns it into a list
+of (B, C, H, W). (``views`` as a number is K, the positives per anchor, as in
+``generate``; the list keeps the name frameworks use for it.)
 Synthetic views carry no class label: ``target`` is -1, the "ignore"
 label of solo-learn's online classifier and harmless for lightly.
 """
@@ -48,34 +50,38 @@ def format_item(output: str, views: list, index, key=None, extra: dict | None = 
 
 
 class ViewChoice:
-    """Which of the 1+K stored views to return: a pure function of (seed, epoch, index).
+    """Which of the 1+K stored views an item returns: a pure function of (seed, epoch, index).
 
-    ``pairs``: ``"anchor+random"`` (the anchor and one random positive),
-    ``"random"`` (``views`` distinct random views, anchor included in the draw)
-    or an explicit sequence of view indices.
+    ``pairs``: ``"anchor+random"`` (the anchor and one random positive: 2 crops),
+    ``"random"`` (``crops`` distinct stored views, anchor included in the draw)
+    or an explicit sequence of view indices (``crops`` is its length).
+    ``crops`` is the number of images per item; ``None`` means 2 for the named choices.
     """
 
-    def __init__(self, pairs: str | Sequence[int] = "anchor+random", views: int = 2, seed: int = 0):
+    def __init__(self, pairs: str | Sequence[int] = "anchor+random", crops: int | None = None, seed: int = 0):
+        if crops is not None and (isinstance(crops, bool) or not isinstance(crops, int) or crops < 1):
+            raise ConfigError(f"crops (images per item) must be an integer >= 1, got {crops!r}")
         if isinstance(pairs, str):
             if pairs not in ("anchor+random", "random"):
                 raise ConfigError(f"pairs must be 'anchor+random', 'random' or a list of view indices, got {pairs!r}")
-            if pairs == "anchor+random" and views != 2:
-                raise ConfigError(f"pairs='anchor+random' returns 2 views, not {views}; use pairs='random' for more")
-            if isinstance(views, bool) or not isinstance(views, int) or views < 1:
-                raise ConfigError(f"views must be an integer >= 1, got {views!r}")
+            crops = 2 if crops is None else crops
+            if pairs == "anchor+random" and crops != 2:
+                raise ConfigError(f"pairs='anchor+random' returns 2 crops, not {crops}; use pairs='random' for more")
         else:
             pairs = [int(v) for v in pairs]
             if not pairs or min(pairs) < 0:
                 raise ConfigError(f"explicit view indices must be a non-empty list of indices >= 0, got {pairs!r}")
-            views = len(pairs)
-        self.pairs, self.views, self.streams = pairs, views, Streams(seed)
+            if crops is not None and crops != len(pairs):
+                raise ConfigError(f"crops={crops} but pairs={pairs} lists {len(pairs)} views; leave crops out")
+            crops = len(pairs)
+        self.pairs, self.crops, self.streams = pairs, crops, Streams(seed)
 
     def check_stored(self, stored: int) -> None:
         """Raise ConfigError if a dataset with ``stored`` (1+K) views cannot serve this choice."""
-        need = max(self.pairs) + 1 if not isinstance(self.pairs, str) else (2 if self.pairs == "anchor+random" else self.views)
+        need = self.crops if isinstance(self.pairs, str) else max(self.pairs) + 1  # anchor+random: 2 crops
         if need > stored:
             raise ConfigError(f"the dataset stores {stored} views per sample (anchor + {stored - 1} positives); "
-                              f"cannot return {self.pairs if not isinstance(self.pairs, str) else f'{need} views'}")
+                              f"cannot return {self.pairs if not isinstance(self.pairs, str) else f'{need} crops'}")
 
     def __call__(self, index: int, epoch: int, stored: int) -> list[int]:
         if not isinstance(self.pairs, str):
@@ -83,4 +89,4 @@ class ViewChoice:
         u = self.streams.uniform([index], epoch, "*", "view-choice", stored)[0]
         if self.pairs == "anchor+random":
             return [0, 1 + int(u[0] * (stored - 1))]
-        return [int(v) for v in np.argsort(u, kind="stable")[: self.views]]
+        return [int(v) for v in np.argsort(u, kind="stable")[: self.crops]]

@@ -17,9 +17,9 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 import webdataset as wds
-from PIL import Image
 
 from ..errors import ConfigError
+from ..images import decode_image
 from ..latents import Streams
 from ..manifest import MANIFEST_NAME
 from .augment import Augment, make_augment
@@ -85,10 +85,17 @@ def slot_quota(counts: list[int], slots: int) -> int:
 
 
 class ShardViews(torch.utils.data.IterableDataset):
-    """Samples of a synthviews dataset with ``views`` views each, in an SSL framework's layout.
+    """Samples of a synthviews dataset, ``crops`` images each, in an SSL framework's layout.
 
-    - ``pairs``: ``"anchor+random"`` (default), ``"random"`` or explicit view indices; the
-      choice is a pure function of (seed, epoch, sample index).
+    The dataset fixes K (``views``: positives per anchor, 1+K stored images);
+    an item returns ``crops`` of them, chosen by ``pairs``:
+
+    - ``crops``: images per item (default 2), each (C, H, W) float in [0, 1] with the channels
+      the manifest declares; ``views=`` is refused, since K comes from the manifest
+      (``views`` used to mean this count here).
+    - ``pairs``: ``"anchor+random"`` (default: 2 crops), ``"random"`` (``crops`` distinct
+      stored views) or explicit view indices; the choice is a pure function of
+      (seed, epoch, sample index).
     - ``output``: ``tuple``/``lightly``/``solo``/``dict``/``stablerep`` (see ``formats``).
     - ``t_x``: an augmentation preset name (``simclr``, ``no_color``, ``no_crop``, ``none``),
       an ``Augment`` (both seeded per sample and epoch) or any callable on a (C, H, W)
@@ -104,14 +111,19 @@ class ShardViews(torch.utils.data.IterableDataset):
     - ``return_meta`` / ``return_latents``: add ``json`` / ``latents`` to ``dict`` items.
     """
 
-    def __init__(self, source, views: int = 2, pairs: str | Sequence[int] = "anchor+random", output: str = "tuple",
-                 t_x: str | Callable | None = None, shuffle: int = 1000, seed: int = 0, resampled: bool = False,
-                 epoch_samples: int | None = None, on_error: str = "raise", num_workers: int = 0,
-                 batch_size: int | None = None, split: str = "train", return_meta: bool = False,
-                 return_latents: bool = False, t_x_size: int = 112):
+    def __init__(self, source, crops: int | None = None, pairs: str | Sequence[int] = "anchor+random",
+                 output: str = "tuple", t_x: str | Callable | None = None, shuffle: int = 1000, seed: int = 0,
+                 resampled: bool = False, epoch_samples: int | None = None, on_error: str = "raise",
+                 num_workers: int = 0, batch_size: int | None = None, split: str = "train",
+                 return_meta: bool = False, return_latents: bool = False, t_x_size: int = 112, views=None):
         super().__init__()
         self.urls, self.counts, self.config = resolve_source(source, split)
-        self.choice = ViewChoice(pairs, views, seed)
+        if views is not None:
+            k = f"K={self.config['views']} here" if self.config is not None else "K is fixed when it is generated"
+            raise ConfigError(f"ShardViews got views={views!r}: views means K, positives per anchor, which the "
+                              f"dataset fixes ({k}); for {views!r} images per item pass crops={views!r}")
+        self.choice = ViewChoice(pairs, crops, seed)
+        self.channels = None if self.config is None else self.config["image"]["shape"][0]
         if self.config is not None:
             self.choice.check_stored(self.config["views"] + 1)
         self.output = check_output(output)
@@ -207,10 +219,8 @@ class ShardViews(torch.utils.data.IterableDataset):
     def _view(self, data: bytes, index: int, view: int, slot: int) -> torch.Tensor:
         """Stored view ``view`` decoded, then T_x seeded by (index, epoch, view, slot): ``pairs=[0, 0]``
         gives two different T_x views of the anchor (the baseline with synthetic anchors only)."""
-        with Image.open(io.BytesIO(data)) as im:
-            array = np.asarray(im.convert("RGB") if im.mode not in ("RGB", "L") else im)
-        x = torch.from_numpy(array.copy()).float().div_(255)
-        x = x[None] if x.ndim == 2 else x.permute(2, 0, 1)  # (C, H, W)
+        array = decode_image(data, self.channels)  # the manifest's channels (grey WebP is stored as RGB)
+        x = torch.from_numpy(array.copy()).float().div_(255).permute(2, 0, 1)  # (C, H, W)
         if self.t_x is None:
             return x
         seed = int(Streams(self.seed).keys([index], self.epoch, f"view{view}/{slot}", "t_x")[0] >> np.uint64(1))

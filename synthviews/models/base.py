@@ -12,6 +12,10 @@ from torch import nn
 from ..latents import LatentGroup, TruncatedNormal
 
 
+GENERIC_POLICY_ORIGIN = ("generic (GenRep-like: std 0.25 on every group), not tuned for this model; "
+                         "`synthviews analyze` measures the groups and chooses one")
+
+
 class MLVGM(nn.Module):
     """A generator whose latent code is split into named groups.
 
@@ -69,6 +73,12 @@ class MLVGM(nn.Module):
     def default_policy_spec(self) -> dict:
         """The policy (as a plain dict, the policy-file format) used when none is given."""
         return {"kind": "gaussian", "default": {"std": 0.25}}
+
+    def default_policy_origin(self) -> str:
+        """Where :meth:`default_policy_spec` comes from, for ``info`` and ``preview`` to say."""
+        if type(self).default_policy_spec is MLVGM.default_policy_spec:
+            return GENERIC_POLICY_ORIGIN
+        return f"the {self.family} family's default"
 
     # --- shared behaviour ------------------------------------------------
 

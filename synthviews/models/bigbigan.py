@@ -21,6 +21,7 @@ made from it is reported as ``apache-2.0``.
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 from pathlib import Path
 from typing import Mapping
@@ -53,6 +54,19 @@ DEFAULT_CONFIG = {  # the real 128 px model (BigBiGAN_x1.pth)
 
 # --- layers -----------------------------------------------------------------
 
+@contextlib.contextmanager
+def _one_cpu_thread(device: torch.device):
+    if device.type != "cpu" or torch.get_num_threads() == 1:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 class SpectralNormLayer(nn.Module):
     """A weight divided by its largest singular value, estimated as the original does.
 
@@ -66,10 +80,15 @@ class SpectralNormLayer(nn.Module):
         self.bias = nn.Parameter(torch.empty(weight_shape[0])) if bias else None
         self.register_buffer("u0", torch.empty(1, weight_shape[0]))
         self.register_buffer("sv0", torch.ones(1))
+        self._cache = None
 
     def sigma(self) -> torch.Tensor:
-        """One power step from ``u0``: v = nrm(u0 M), u = nrm(v M^T), sigma = v M^T u^T."""
-        with torch.autocast(self.weight.device.type, enabled=False):  # keep fp32 under amp
+        """One power step from ``u0``: v = nrm(u0 M), u = nrm(v M^T), sigma = v M^T u^T.
+
+        Computed with one CPU thread: a multi-threaded GEMV splits its reduction by
+        thread count, which would make the images depend on the machine's cores.
+        """
+        with torch.autocast(self.weight.device.type, enabled=False), _one_cpu_thread(self.weight.device):
             m = self.weight.float().reshape(self.weight.shape[0], -1)  # (out, in*kh*kw)
             v = F.normalize(self.u0.float() @ m, dim=1, eps=SN_EPS)  # (1, rest)
             vm = v @ m.t()  # (1, out)
@@ -77,7 +96,15 @@ class SpectralNormLayer(nn.Module):
             return (vm @ u.t()).reshape(())
 
     def normalized_weight(self) -> torch.Tensor:
-        return self.weight / self.sigma()
+        """The weight over sigma, cached while weight and ``u0`` are unchanged (it is a constant at inference)."""
+        key = (self.weight._version, self.u0._version, self.weight.device, self.weight.dtype, torch.is_grad_enabled())
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, self.weight / self.sigma())
+        return self._cache[1]
+
+    def _apply(self, fn, *args, **kwargs):  # .to()/.half() etc.: the cached weight belongs to the old tensors
+        self._cache = None
+        return super()._apply(fn, *args, **kwargs)
 
 
 class SNLinear(SpectralNormLayer):
@@ -175,8 +202,9 @@ class BigBiGAN(ChunkedLatents, MLVGM):
 
     ``path``: a ``BigBiGAN_x1.pth``-style state dict (``.pth``/``.pt`` read with
     ``weights_only=True``, or ``.safetensors``); ``weights``: the same dict
-    already in memory. With neither, the weights are random (seeded by
-    ``seed``), for tests and benchmarks. ``ch`` and ``config`` override the
+    already in memory. Random weights (seeded by ``seed``, for tests and
+    benchmarks) only with ``random_weights=True``: without it, a missing
+    ``path`` is an error, not a dataset of noise labelled BigBiGAN. ``ch`` and ``config`` override the
     architecture (``ch=8`` is the compat tiny model); with weights, sizes
     not given are read from them.
     ``device`` (None: stay on the CPU; else as ``resolve_device``), ``amp``
@@ -191,7 +219,7 @@ class BigBiGAN(ChunkedLatents, MLVGM):
     def __init__(self, path: str | Path | None = None, *, weights: Mapping | None = None,
                  config: Mapping | None = None, ch: int | None = None,
                  device: str | torch.device | None = None, amp: str | None = None, channels_last: bool = False,
-                 compile: bool = False, seed: int = 0):
+                 compile: bool = False, seed: int = 0, random_weights: bool = False):
         super().__init__()
         device = torch.device("cpu") if device is None else resolve_device(device)
         amp_context(device, amp)  # validates amp for this device
@@ -199,6 +227,13 @@ class BigBiGAN(ChunkedLatents, MLVGM):
             raise ConfigError(f"bigbigan: seed must be a non-negative integer, got {seed!r}")
         if path is not None and weights is not None:
             raise ConfigError("bigbigan: give either path= (a file) or weights= (a state dict), not both")
+        if random_weights not in (True, False):
+            raise ConfigError(f"bigbigan: random_weights must be true or false, got {random_weights!r}")
+        if random_weights and (path is not None or weights is not None):
+            raise ConfigError("bigbigan: random_weights=True and weights from path=/weights= exclude each other")
+        if not random_weights and path is None and weights is None:
+            raise ConfigError("bigbigan: no weights given; pass the generator file (CLI: --path BigBiGAN_x1.pth), "
+                              "or random_weights=True (--model-opt random_weights=true) for tests and benchmarks")
         state_dict, what = None, "BigBiGAN weights="
         if path is not None:
             state_dict, sha256 = read_state_dict(path)
@@ -216,6 +251,7 @@ class BigBiGAN(ChunkedLatents, MLVGM):
         self._build(cfg)
         if state_dict is None:
             self._init_random(seed)
+            self.source = {"random_weights": True, "seed": seed}
         else:
             check_state_dict(self, state_dict, what, cfg)
             self.load_state_dict(state_dict, strict=True)
@@ -293,6 +329,9 @@ class BigBiGAN(ChunkedLatents, MLVGM):
         groups = {"chunk0": "fixed"}
         groups.update({f"chunk{k}": {"std": 1.0, "truncation": 2.0} for k in range(1, NUM_CHUNKS)})
         return {"kind": "gaussian", "groups": groups}
+
+    def default_policy_origin(self) -> str:
+        return "the paper's best BigBiGAN setting (chunk0 fixed, chunks 1-5 std 1.0)"
 
 
 def _chunk_description(k: int) -> str:

@@ -54,3 +54,8 @@ class DigitsStyleGAN2(StyleGAN2):
         if POLICY.is_file() and self.group_names == ("0_2", "2_4", "4_6", "6_8"):
             return yaml.safe_load(POLICY.read_text())
         return super().default_policy_spec()
+
+    def default_policy_origin(self) -> str:
+        if POLICY.is_file() and self.group_names == ("0_2", "2_4", "4_6", "6_8"):
+            return "chosen by `synthviews analyze --model digits` (synthviews/weights/digits_policy.yaml)"
+        return super().default_policy_origin()

@@ -26,7 +26,7 @@ from ..errors import ConfigError
 from ..files import sha256_file
 from ..latents import LatentGroup, TruncatedNormal
 from . import register_model
-from .base import MLVGM
+from .base import GENERIC_POLICY_ORIGIN, MLVGM
 
 SQRT2 = math.sqrt(2.0)
 LICENSE_URL = "https://nvlabs.github.io/stylegan2/license.html"
@@ -582,11 +582,14 @@ class StyleGAN2(MLVGM):
         if path is not None and weights is not None:
             raise ConfigError("StyleGAN2: give either path= or weights=, not both")
 
-        state, self.source = None, None
+        state, self.source, self._file_policy = None, None, None
         if path is not None:
             ckpt = load_checkpoint(path, config)
             state, kwargs, what = ckpt.state_dict, ckpt.config, f"StyleGAN2 checkpoint {path}"
             self.source = {"path": str(path), "sha256": sha256_file(path)}
+            if ckpt.license is not None:  # a file synthviews wrote says whose weights they are
+                self.license, self.license_link = ckpt.license, ckpt.license_link
+            self._file_policy = ckpt.policy
         elif config is None:
             raise ConfigError("StyleGAN2: give path= (a .pkl, .pt or .safetensors file) or config= (for random weights)")
         else:
@@ -657,9 +660,26 @@ class StyleGAN2(MLVGM):
         return self.post(img)
 
     def default_policy_spec(self) -> dict:
-        """The paper's best StyleGAN2 policy for the default 4 groups; GenRep-like std 0.25 otherwise."""
-        if self.ranges == parse_groups(4, self.num_ws):
+        """The policy the checkpoint carries, else the paper's LSUN Cars setting where it was tuned, else generic.
+
+        The paper's stds (0.2/0.1/0.8/0.8, truncation 1) belong to the LSUN Cars
+        generator (``postprocess="cars"``) split into 4 groups; for any other
+        checkpoint they are a guess, so the generic GenRep-like baseline (std 0.25
+        on every group) is used until ``synthviews analyze`` chooses one.
+        """
+        return self._default_policy()[0]
+
+    def default_policy_origin(self) -> str:
+        return self._default_policy()[1]
+
+    def _default_policy(self) -> tuple[dict, str]:
+        names = set(self.group_names)
+        file_policy = self._file_policy
+        if file_policy is not None and set(file_policy.get("groups", {})) <= names:
+            return file_policy, "stored in the checkpoint's metadata (chosen by synthviews analyze)"
+        if self.config["postprocess"] == "cars" and self.ranges == parse_groups(4, self.num_ws):
             stds = (0.2, 0.1, 0.8, 0.8)
-            return {"kind": "gaussian",
-                    "groups": {g.name: {"std": s, "truncation": 1.0} for g, s in zip(self.groups, stds)}}
-        return {"kind": "gaussian", "default": {"std": 0.25}}
+            return ({"kind": "gaussian",
+                     "groups": {g.name: {"std": s, "truncation": 1.0} for g, s in zip(self.groups, stds)}},
+                    "the paper's setting for the LSUN Cars generator (postprocess=cars, 4 groups)")
+        return {"kind": "gaussian", "default": {"std": 0.25}}, GENERIC_POLICY_ORIGIN

@@ -8,7 +8,10 @@ Formats:
   names is looked up in a short allow-list of inert stand-ins (see
   ``_ALLOWED``) and anything else is refused, so nothing from the file runs.
 - legacy TensorFlow StyleGAN2 pickles (``.pkl``, e.g. the LSUN Car model):
-  ``Gs`` variables are converted to the PyTorch layout (SPEC section 7).
+  ``Gs`` variables (arrays, and numpy scalars for TF's 0-d values) are
+  converted to the PyTorch layout (SPEC section 7); every ``static_kwargs``
+  entry is either mapped to our config, checked, known to be harmless, or
+  refused. Protocol 4 as TF writes them, and in-band protocol 5 re-saves.
 - state dicts: ``.pt``/``.pth`` via ``torch.load(weights_only=True)`` and
   ``.safetensors``; their config comes from ``config=``, the safetensors
   metadata key ``stylegan2_config`` or a sibling ``.json``/``.yaml``/``.yml``.
@@ -22,9 +25,11 @@ import collections
 import io
 import json
 import math
+import os
 import pickle
 import re
 import struct
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -43,6 +48,11 @@ class Checkpoint:
     state_dict: dict[str, torch.Tensor]
     config: dict
     kind: str  # "ada-pickle", "tf-pickle", "state-dict" or "safetensors"
+    # From a .safetensors written by synthviews (train-gan, analyze --embed-policy): what the
+    # file says of itself, so a model the user trained is not labelled with NVIDIA's licence.
+    license: str | None = None
+    license_link: str | None = None
+    policy: dict | None = None
 
 
 # --- configs -------------------------------------------------------------------
@@ -117,19 +127,76 @@ def load_checkpoint(path, config=None) -> Checkpoint:
     if config is None:
         raise ConfigError(f"StyleGAN2 checkpoint {path} holds weights only: give config= (generator kwargs, "
                           f"a dict or a JSON/YAML file) or put them in {path.with_suffix('.json')}")
-    return Checkpoint(state, load_config(config), kind)
+    return Checkpoint(state, load_config(config), kind, **_own_metadata(meta, path))
+
+
+LICENSE_KEY, LICENSE_LINK_KEY, POLICY_KEY = "synthviews_license", "synthviews_license_link", "synthviews_policy"
+
+
+def _own_metadata(meta: Mapping[str, str], path: Path) -> dict:
+    """The licence and default policy a synthviews-written file declares (absent: None)."""
+    out = {"license": meta.get(LICENSE_KEY), "license_link": meta.get(LICENSE_LINK_KEY), "policy": None}
+    for key in ("license", "license_link"):
+        value = out[key]
+        if value is not None and (not value or len(value) > 200 or not value.isprintable()):
+            raise ConfigError(f"{path}: metadata {key} must be a short printable string, got {value[:40]!r}")
+    if POLICY_KEY in meta:
+        try:
+            out["policy"] = json.loads(meta[POLICY_KEY])
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}: the {POLICY_KEY} metadata is not valid JSON: {e}") from None
+        if not isinstance(out["policy"], dict):
+            raise ConfigError(f"{path}: the {POLICY_KEY} metadata must be a policy mapping")
+    return out
+
+
+class _NoGlobalsUnpickler(pickle.Unpickler):
+    """Reads plain data only: used to peek at the first pickle of a .pt file."""
+
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f"global {module}.{name}")
+
+    def persistent_load(self, pid):
+        raise pickle.UnpicklingError("persistent id")
+
+
+def _torch_file_problem(path: Path) -> str | None:
+    """What is wrong with a .pt/.pth file, found without torch, so that our message
+    does not depend on which exception (and text) a torch version raises."""
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if head == b"PK":  # torch.save's default: a zip archive with <name>/data.pkl
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+            return "is truncated or damaged: its zip directory cannot be read"
+        if not any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
+            return "is a zip archive but not one that torch.save writes (no data.pkl inside)"
+        return None
+    if head[:1] == b"\x80":  # legacy torch.save: a pickle of the magic number comes first
+        try:
+            with open(path, "rb") as f:
+                first = _NoGlobalsUnpickler(f).load()
+        except Exception:  # anything at all: it is not the legacy header
+            first = None
+        if not (type(first) is int and first == _LEGACY_MAGIC):
+            return "is a plain pickle, not a file written by torch.save (a network pickle should be named .pkl)"
+        return None
+    return "is not a torch file (neither a zip archive nor a legacy torch.save stream)"
 
 
 def _read_torch_state_dict(path: Path) -> dict:
+    problem = _torch_file_problem(path)
+    if problem:
+        raise ConfigError(f"{path} {problem}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"{path} is not a plain state dict that torch.load(weights_only=True) accepts ({first}); "
-                          "a network pickle should be named .pkl") from None
-    except Exception as e:  # zip/stream errors from torch: truncated or foreign files
-        raise ConfigError(f"{path} could not be read as a torch state dict (truncated or not a torch file?): "
-                          f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
+    except Exception as e:  # weights_only refusals, damaged records: the type and text vary between torch versions
+        detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"{path}: torch.load(weights_only=True) could not read it: it is not a plain state dict "
+                          f"(it holds objects other than tensors in plain containers) or it is damaged "
+                          f"(torch: {detail}); a network pickle should be named .pkl") from None
     if not isinstance(obj, Mapping) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
         raise ConfigError(f"{path} does not hold a flat state dict (names -> tensors) but a {type(obj).__name__}"
                           + (f" with keys {', '.join(map(str, list(obj)[:5]))}" if isinstance(obj, Mapping) else ""))
@@ -150,8 +217,13 @@ def _read_safetensors(path: Path) -> tuple[dict, dict]:
     return state, meta
 
 
-def save_safetensors(path, state_dict: Mapping[str, torch.Tensor], config: Mapping) -> None:
+def save_safetensors(path, state_dict: Mapping[str, torch.Tensor], config: Mapping, *, license: str | None = None,
+                     license_link: str | None = None, policy: Mapping | None = None) -> None:
     """Write weights and their generator kwargs (metadata ``stylegan2_config``) to one file.
+
+    ``license`` (a Hugging Face licence id) and ``policy`` (a policy mapping, as in a
+    policy file) travel with the weights: loading the file gives them as the model's
+    licence and default policy.
 
     Converting a pickle once (``StyleGAN2(path="x.pkl")`` then
     ``save_safetensors("x.safetensors", model.state_dict(), model.config["config"])``)
@@ -160,7 +232,32 @@ def save_safetensors(path, state_dict: Mapping[str, torch.Tensor], config: Mappi
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
-    save_file(tensors, str(path), metadata={"stylegan2_config": json.dumps(generator_config(config))})
+    metadata = {"stylegan2_config": json.dumps(generator_config(config))}
+    for key, value in ((LICENSE_KEY, license), (LICENSE_LINK_KEY, license_link)):
+        if value is not None:
+            metadata[key] = value
+    if policy is not None:
+        metadata[POLICY_KEY] = json.dumps(dict(policy))
+    save_file(tensors, str(path), metadata=metadata)
+
+
+def embed_policy(path, policy: Mapping) -> None:
+    """Store ``policy`` as the default policy of the .safetensors file ``path`` (atomic rewrite).
+
+    Weights, config and licence stay as they are; only synthviews-style files (with
+    ``stylegan2_config`` metadata) can be rewritten this way.
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".safetensors" or not path.is_file():
+        raise ConfigError(f"{path}: only a .safetensors file can carry a policy (convert it with save_safetensors)")
+    state, meta = _read_safetensors(path)
+    if "stylegan2_config" not in meta:
+        raise ConfigError(f"{path} has no stylegan2_config metadata; write it with save_safetensors first")
+    own = _own_metadata(meta, path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_safetensors(tmp, state, json.loads(meta["stylegan2_config"]), license=own["license"],
+                     license_link=own["license_link"], policy=policy)
+    os.replace(tmp, path)
 
 
 # --- the restricted unpickler --------------------------------------------------
@@ -207,7 +304,10 @@ class _Inert:
 
 
 def _numpy_scalar(dtype, data=None):
-    """numpy.core.multiarray.scalar(dtype, raw bytes) -> a Python number (numeric dtypes only)."""
+    """numpy.core.multiarray.scalar(dtype, raw bytes) -> a Python number (numeric dtypes only).
+
+    ADA pickles store gains this way, and TF pickles every 0-d variable (Session.run returns numpy scalars).
+    """
     if isinstance(dtype, _DType) and isinstance(data, bytes):
         try:
             dt = dtype.numpy()
@@ -222,28 +322,47 @@ class _NDArrayClass:
     """Stand-in for the numpy.ndarray class (only valid as _reconstruct's first argument)."""
 
 
+def _array_from_bytes(raw, shape, dtype, fortran: bool) -> np.ndarray:
+    """A native-byte-order copy of a numeric array pickled as raw bytes (never an object array)."""
+    if not (isinstance(raw, (bytes, bytearray)) and isinstance(dtype, _DType) and isinstance(shape, tuple)
+            and all(type(d) is int and d >= 0 for d in shape)):
+        raise ConfigError("network pickle holds a numpy array in an unsupported form (object arrays are not read)")
+    dt = dtype.numpy()
+    if len(raw) != math.prod(shape) * dt.itemsize:
+        raise ConfigError(f"network pickle holds a numpy array of shape {list(shape)} with {len(raw)} bytes of data")
+    return np.frombuffer(bytes(raw), dt).reshape(shape, order="F" if fortran else "C").astype(dt.newbyteorder("="))
+
+
 class _ArrayStub:
-    """Stand-in for numpy.core.multiarray._reconstruct(...): filled by BUILD with
-    (version, shape, dtype, fortran_order, raw bytes)."""
+    """Stand-in for a numpy array; ``array`` is set once its data has been read."""
 
     array: np.ndarray | None = None
 
     def __setstate__(self, state):
-        if not (isinstance(state, tuple) and len(state) == 5 and isinstance(state[2], _DType)
-                and isinstance(state[4], bytes) and all(isinstance(d, int) for d in state[1])):
+        """BUILD after numpy.core.multiarray._reconstruct: (version, shape, dtype, fortran_order, raw bytes)."""
+        if not (isinstance(state, tuple) and len(state) == 5):
             raise ConfigError("network pickle holds a numpy array in an unsupported form (object arrays are not read)")
         _, shape, dtype, fortran, raw = state
-        dt = dtype.numpy()
-        count = math.prod(shape)
-        if len(raw) != count * dt.itemsize:
-            raise ConfigError(f"network pickle holds a numpy array of shape {list(shape)} with {len(raw)} bytes of data")
-        self.array = np.frombuffer(raw, dt).reshape(shape, order="F" if fortran else "C").astype(dt.newbyteorder("="))
+        self.array = _array_from_bytes(raw, tuple(shape) if isinstance(shape, list) else shape, dtype, bool(fortran))
 
 
 def _reconstruct_array(cls, shape=None, typecode=None):
     if cls is not _NDArrayClass:
         raise ConfigError("network pickle calls numpy's _reconstruct on something other than numpy.ndarray")
     return _ArrayStub()
+
+
+def _frombuffer_array(buffer, dtype, shape, order="C") -> _ArrayStub:
+    """numpy.core.numeric._frombuffer: how numpy pickles a contiguous array with protocol 5.
+
+    Read from a file, the buffer is in-band (BYTEARRAY8 or BYTES); out-of-band
+    buffers are not in the file at all and are refused when unpickling.
+    """
+    if order not in ("C", "F"):
+        raise ConfigError("network pickle holds a numpy array in an unsupported form (order must be 'C' or 'F')")
+    stub = _ArrayStub()
+    stub.array = _array_from_bytes(buffer, shape, dtype, order == "F")
+    return stub
 
 
 _STORAGE_DTYPES = {
@@ -332,6 +451,8 @@ _ALLOWED = {
     ("numpy.core.multiarray", "_reconstruct"): _reconstruct_array,
     ("numpy._core.multiarray", "_reconstruct"): _reconstruct_array,
     ("numpy", "ndarray"): _NDArrayClass,
+    ("numpy.core.numeric", "_frombuffer"): _frombuffer_array,  # arrays re-saved with protocol 5
+    ("numpy._core.numeric", "_frombuffer"): _frombuffer_array,
 }
 
 
@@ -368,7 +489,12 @@ def read_network_pickle(path) -> Checkpoint:
             obj = RestrictedUnpickler(f).load()
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}") from None
-        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
+        except pickle.UnpicklingError as e:
+            if "out-of-band" in str(e):
+                raise ConfigError(f"{path} refers to out-of-band buffers (pickle protocol 5 with a buffer_callback): "
+                                  "their data is not in the file; re-save it without buffer_callback") from None
+            raise ConfigError(f"{path} is truncated or damaged: unpickling failed with {type(e).__name__}: {e}") from None
+        except (EOFError, ValueError, TypeError, AttributeError, IndexError,
                 KeyError, struct.error, MemoryError, RecursionError, RuntimeError) as e:
             raise ConfigError(f"{path} is truncated or damaged: unpickling failed with {type(e).__name__}: {e}") from None
     try:
@@ -437,32 +563,115 @@ def _collect_tensors(module, prefix: str, out: dict, path) -> None:
 
 # --- TensorFlow pickles --------------------------------------------------------
 
-_TF_DEFAULTS = {  # G_main / G_mapping / G_synthesis_stylegan2 defaults of the TF code
-    "latent_size": 512, "dlatent_size": 512, "label_size": 0, "resolution": 1024, "num_channels": 3,
-    "mapping_layers": 8, "mapping_fmaps": 512, "mapping_lrmul": 0.01, "fmap_base": 16 << 10, "fmap_max": 512,
-    "fmap_decay": 1.0, "architecture": "skip", "nonlinearity": "lrelu", "resample_kernel": [1, 3, 3, 1],
-    "mapping_nonlinearity": "lrelu",
+# Every static kwarg a TF StyleGAN2 / StyleGAN2-ADA Gs may carry (G_main plus the mapping and
+# synthesis functions it builds), sorted by what it does to the output. Anything else is refused:
+# an unknown build option may change the images, and silently dropping it would hide that.
+
+_TF_MAPPED = {  # TF name: (TF default, our generator option); these set the architecture
+    "latent_size": (512, "z_dim"),
+    "dlatent_size": (512, "w_dim"),
+    "resolution": (1024, "img_resolution"),
+    "num_channels": (3, "img_channels"),
+    "mapping_layers": (8, "mapping_kwargs.num_layers"),
+    "mapping_fmaps": (512, "mapping_kwargs.layer_features"),  # None: as wide as dlatent_size
+    "mapping_lrmul": (0.01, "mapping_kwargs.lr_multiplier"),
+    "fmap_base": (16 << 10, "synthesis_kwargs.channel_base"),  # doubled: TF halves it at 4x4, we divide by 4
+    "fmap_max": (512, "synthesis_kwargs.channel_max"),
+    "conv_clamp": (None, "synthesis_kwargs.conv_clamp"),  # ADA-era files: 256
+    "num_fp16_res": (0, "synthesis_kwargs.num_fp16_res"),  # ADA-era files: fp16 in the top blocks
+}
+
+_TF_FIXED = {  # change the output too, but only these values (config-f) are implemented
+    "label_size": (0,),
+    "fmap_decay": (1.0,),
+    "architecture": ("skip",),
+    "nonlinearity": ("lrelu",),
+    "mapping_nonlinearity": ("lrelu",),
+    "resample_kernel": ([1, 3, 3, 1],),
+    "normalize_latents": (True,),
+    "dtype": ("float32",),  # ADA's fp16 blocks come from num_fp16_res, not from dtype
+    "mapping_func": ("G_mapping",),
+    "synthesis_func": ("G_synthesis_stylegan2", "G_synthesis"),  # NVlabs/stylegan2, stylegan2-ada (TF)
+}
+
+_TF_CHECKED = {  # change the channel counts only if they bind; checked against the mapped values
+    "fmap_min": "lower bound on the channels of a block",
+    "fmap_const": "channels of the 4x4 constant (None: those of the 4x4 block)",
+}
+
+_TF_HARMLESS = {  # do not change what mapping(z) and synthesis(ws, noise_mode) compute
+    "truncation_psi": "default of Gs.run; synthviews takes truncation_psi from its own arguments",
+    "truncation_cutoff": "default of Gs.run; synthviews takes truncation_cutoff from its own arguments",
+    "truncation_psi_val": "Gs.run default during validation runs",
+    "truncation_cutoff_val": "Gs.run default during validation runs",
+    "randomize_noise": "default noise mode of Gs.run; synthviews' noise_mode chooses",
+    "dlatent_avg_beta": "training: update rate of dlatent_avg (the stored average is used as is)",
+    "w_avg_beta": "training: update rate of the average w",
+    "style_mixing_prob": "training-time regulariser",
+    "is_training": "TF graph-building flag",
+    "is_validation": "TF graph-building flag",
+    "is_template_graph": "TF graph-building flag",
+    "return_dlatents": "extra graph output",
+    "components": "the sub-networks; read from the pickle's own components",
+    "fused_modconv": "grouped or unfused TF ops for the same modulated convolution",
+    "structure": "progressive-growing wiring; the StyleGAN2 synthesis does not read it",
+    "label_fmaps": "label embedding width; unused since label_size must be 0",
 }
 
 
+def _tf_kwarg(static_kwargs: Mapping, name: str):
+    try:
+        return _plain(static_kwargs[name])
+    except ConfigError:
+        raise ConfigError(f"TF StyleGAN2 pickle: static kwarg {name} holds an unreadable value "
+                          f"of type {type(static_kwargs[name]).__name__}") from None
+
+
 def tf_config(static_kwargs: Mapping) -> dict:
-    """Generator kwargs of a TF Gs from its static_kwargs (TF defaults for absent keys)."""
-    k = {**_TF_DEFAULTS, **{key: v for key, v in static_kwargs.items() if v is not None}}
-    for key, supported in (("label_size", 0), ("fmap_decay", 1.0), ("architecture", "skip"),
-                           ("nonlinearity", "lrelu"), ("mapping_nonlinearity", "lrelu")):
-        if k[key] != supported:
-            raise ConfigError(f"TF StyleGAN2 pickle: {key}={k[key]!r} is not supported (only {supported!r})")
-    if list(k["resample_kernel"]) != [1, 3, 3, 1]:
-        raise ConfigError(f"TF StyleGAN2 pickle: resample_kernel={k['resample_kernel']!r} is not supported")
+    """Generator kwargs of a TF Gs from its static_kwargs (TF defaults for absent keys).
+
+    Every kwarg must be in one of the tables above, so nothing that shapes the
+    images is dropped unseen.
+    """
+    known = set(_TF_MAPPED) | set(_TF_FIXED) | set(_TF_CHECKED) | set(_TF_HARMLESS)
+    unknown = sorted(str(k) for k in static_kwargs if k not in known)
+    if unknown:
+        raise ConfigError(f"TF StyleGAN2 pickle: unknown static kwarg(s) {', '.join(map(repr, unknown))} in Gs; "
+                          "they may change the images, so the file is refused (known: "
+                          f"{', '.join(sorted(set(_TF_MAPPED) | set(_TF_FIXED) | set(_TF_CHECKED)))} "
+                          "and training/run-time options)")
+    for name, accepted in _TF_FIXED.items():
+        value = _tf_kwarg(static_kwargs, name) if static_kwargs.get(name) is not None else accepted[0]
+        if value not in accepted:
+            raise ConfigError(f"TF StyleGAN2 pickle: {name}={value!r} is not supported "
+                              f"(only {' or '.join(map(repr, accepted))})")
+    k = {name: default for name, (default, _) in _TF_MAPPED.items()}
+    for name in _TF_MAPPED:
+        if name in static_kwargs:
+            k[name] = _tf_kwarg(static_kwargs, name)
+            if k[name] is None and name not in ("conv_clamp", "mapping_fmaps"):
+                k[name] = _TF_MAPPED[name][0]  # None means "the default" for the others
     mapping = {"num_layers": k["mapping_layers"], "lr_multiplier": k["mapping_lrmul"]}
-    if k["mapping_fmaps"] != k["dlatent_size"]:
+    if k["mapping_fmaps"] is not None and k["mapping_fmaps"] != k["dlatent_size"]:
         mapping["layer_features"] = k["mapping_fmaps"]
-    return generator_config({
+    config = generator_config({
         "z_dim": k["latent_size"], "c_dim": 0, "w_dim": k["dlatent_size"], "img_resolution": k["resolution"],
         "img_channels": k["num_channels"], "mapping_kwargs": mapping,
         "synthesis_kwargs": {"channel_base": 2 * k["fmap_base"], "channel_max": k["fmap_max"],
-                             "num_fp16_res": 0, "conv_clamp": None},
+                             "num_fp16_res": k["num_fp16_res"], "conv_clamp": k["conv_clamp"]},
     })
+    s = config["synthesis_kwargs"]
+    resolutions = [2 ** i for i in range(2, config["img_resolution"].bit_length())]
+    channels = [min(s["channel_base"] // res, s["channel_max"]) for res in resolutions]
+    fmap_min = _tf_kwarg(static_kwargs, "fmap_min") if static_kwargs.get("fmap_min") is not None else 1
+    if not isinstance(fmap_min, (int, float)) or fmap_min > min(channels):
+        raise ConfigError(f"TF StyleGAN2 pickle: fmap_min={fmap_min!r} raises the channels of some blocks "
+                          f"(here {channels}), which is not supported")
+    fmap_const = _tf_kwarg(static_kwargs, "fmap_const") if static_kwargs.get("fmap_const") is not None else None
+    if fmap_const is not None and fmap_const != channels[0]:
+        raise ConfigError(f"TF StyleGAN2 pickle: fmap_const={fmap_const!r} differs from the 4x4 block's "
+                          f"{channels[0]} channels, which is not supported")
+    return config
 
 
 def _tf_source(name: str):
@@ -519,16 +728,44 @@ def convert_tf_variables(variables: Mapping, static_kwargs: Mapping) -> tuple[di
     return state, config
 
 
+def _tf_value(value, name: str, path):
+    """A TF variable's value: an array, or a number (TF1's Session.run returns 0-d values as numpy scalars)."""
+    if isinstance(value, _ArrayStub) and value.array is not None:
+        return value.array
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return np.float64(value)  # from a numeric numpy scalar: exact
+    what = ("a numpy scalar of a non-numeric dtype" if isinstance(value, _Inert)
+            else "a numpy array without data" if isinstance(value, _ArrayStub) else f"a {type(value).__name__}")
+    raise ConfigError(f"{path}: malformed TF variable entry {name} in Gs: it holds {what}, "
+                      "not a numpy array or number")
+
+
+def _tf_variables(gs, path) -> dict:
+    """Variables of Gs and its components, flattened as name, mapping/name, synthesis/name."""
+    components = gs.state["components"]
+    out = {}
+    for prefix, net in [("", gs)] + [(f"{name}/", comp) for name, comp in components.items()]:
+        where = f"component {prefix.rstrip('/')}" if prefix else "Gs"
+        if not isinstance(net, _TFNetwork) or not isinstance(getattr(net, "state", None), dict):
+            raise ConfigError(f"{path}: {where} of the TF network Gs is not a TF network")
+        entries = net.state.get("variables")
+        if not isinstance(entries, (list, tuple)):
+            raise ConfigError(f"{path}: {where} of the TF network Gs has no variables list")
+        for i, entry in enumerate(entries):
+            if not (isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], str)):
+                raise ConfigError(f"{path}: malformed TF variable entry {i} of {where}: expected a (name, value) "
+                                  f"pair, got a {type(entry).__name__}")
+            out[prefix + entry[0]] = _tf_value(entry[1], prefix + entry[0], path)
+    return out
+
+
 def _tf_generator(gs, path) -> Checkpoint:
     st = gs.state if isinstance(getattr(gs, "state", None), dict) else None
     if st is None or not isinstance(st.get("static_kwargs"), dict) or not isinstance(st.get("components"), dict):
         raise ConfigError(f"{path}: the TF network Gs carries no static_kwargs/components (not a StyleGAN2 pickle?)")
-    variables = {}
-    for prefix, net in [("", gs)] + [(f"{name}/", comp) for name, comp in st["components"].items()]:
-        for entry in (net.state.get("variables") or []) if isinstance(net, _TFNetwork) else []:
-            if not (isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[1], _ArrayStub)):
-                raise ConfigError(f"{path}: malformed TF variable entry in Gs")
-            variables[prefix + str(entry[0])] = entry[1].array
-    kwargs = _plain({k: v for k, v in st["static_kwargs"].items() if k in _TF_DEFAULTS})  # others: training-only
-    state, config = convert_tf_variables(variables, kwargs)
+    variables = _tf_variables(gs, path)  # unused ones (lod of Gs and of synthesis) are ignored
+    try:
+        state, config = convert_tf_variables(variables, st["static_kwargs"])
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
     return Checkpoint(state, config, "tf-pickle")

@@ -72,6 +72,9 @@ class ToyModel(ChunkedLatents, MLVGM):
         self.register_buffer("grid_y", axis.view(1, 1, resolution, 1), persistent=False)
         self.register_buffer("grid_x", axis.view(1, 1, 1, resolution), persistent=False)
 
+    def default_policy_origin(self) -> str:
+        return "set by hand from the toy's known ground truth (shape is the class)"
+
     def default_policy_spec(self) -> dict:
         """Keep the semantic ``shape`` fixed; vary every nuisance group."""
         return {

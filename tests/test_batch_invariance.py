@@ -1,0 +1,157 @@
+"""Same configuration + seed = same bytes, whatever the batch size, thread count or a resume in between.
+
+Real networks are not batch-invariant on CPU (a conv or matmul picks its kernel by batch shape, so
+batch 1 and batch 64 round differently); the ViewSampler decodes fixed, index-aligned blocks instead.
+These tests run the real families (digits, StyleGAN2 and BigBiGAN on the compat weights, a user module).
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import synthviews as sv
+import synthviews.writer as writer_module
+from synthviews.device import deterministic_algorithms
+from synthviews.errors import ConfigError
+from synthviews.manifest import read_manifest, write_manifest
+from synthviews.models.adapter import from_module
+from synthviews.views import ViewSampler
+from synthviews.writer import block_aligned_batches, generate
+
+
+class UserDecoder(nn.Module):
+    """A user's own generator: linear + conv layers, as batch-sensitive as a real one."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(24, 8 * 8 * 8)
+        self.conv = nn.Conv2d(8, 3, 3, padding=1)
+
+    def forward(self, z):
+        return torch.tanh(self.conv(torch.relu(self.fc(z).reshape(-1, 8, 8, 8))))
+
+
+def _model(name: str, data: Path):
+    if name == "digits":
+        return sv.load_model("digits")
+    if name == "stylegan2":
+        return sv.load_model("stylegan2", path=data / "stylegan2" / "tiny1_state_dict.pt",
+                             config=data / "stylegan2" / "tiny1_config.json")
+    if name == "bigbigan":
+        return sv.load_model("bigbigan", path=data / "bigbigan" / "tiny_state_dict.pt")
+    if name == "user":
+        return from_module(UserDecoder(), [("coarse", 8), ("mid", 8), ("fine", 8)], input="chunks", family="user")
+    return sv.load_model("toy", resolution=16)
+
+
+SIZES = {"digits": 64, "stylegan2": 64, "bigbigan": 16, "user": 64, "toy": 64}  # BigBiGAN: 128 px
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+@pytest.fixture(scope="module", params=["digits", "stylegan2", "bigbigan", "user", "toy"])
+def family(request, compat_dir, tmp_path_factory):
+    """(name, model, settings, reference folder written at batch size 64)."""
+    model = _model(request.param, compat_dir)
+    samples = SIZES[request.param]
+    settings = dict(samples=samples, views=2, shard_size=samples // 4 + 1, seed=5, device="cpu")
+    ref = tmp_path_factory.mktemp(request.param) / "ref"
+    generate(ref, model, None, batch_size=64, **settings)
+    return request.param, model, settings, ref
+
+
+@pytest.mark.parametrize("batch_size", [1, 7])
+def test_shards_are_identical_across_batch_sizes(family, batch_size, tmp_path):
+    name, model, settings, ref = family
+    out = tmp_path / "ds"
+    generate(out, model, None, batch_size=batch_size, **settings)
+    assert _files(out) == _files(ref), f"{name}: batch size {batch_size} changed the bytes"
+
+
+def test_a_run_killed_at_one_batch_size_resumes_at_another_to_the_same_bytes(family, tmp_path, monkeypatch):
+    name, model, settings, ref = family
+    out = tmp_path / "ds"
+    real_record = writer_module._record_progress
+    calls = []
+
+    def record_then_die(*args, **kwargs):
+        real_record(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:  # two whole shards are on disk and in the manifest
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(writer_module, "_record_progress", record_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        generate(out, model, None, batch_size=7, **settings)
+    monkeypatch.setattr(writer_module, "_record_progress", real_record)
+    assert len(read_manifest(out)["splits"]["train"]["shards"]) == 2
+    generate(out, model, None, batch_size=1, resume=True, **settings)
+    assert _files(out) == _files(ref), f"{name}: a resume at another batch size changed the bytes"
+
+
+@pytest.mark.parametrize("name", ["digits", "stylegan2", "bigbigan", "user"])
+def test_views_do_not_depend_on_the_cpu_thread_count(name, compat_dir):
+    model = _model(name, compat_dir)
+    threads = torch.get_num_threads()
+    images = []
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            sampler = ViewSampler(model, None, views=2, seed=1, device="cpu", block=4 if name == "bigbigan" else 16)
+            images.append(sampler.sample(np.arange(9 if name == "bigbigan" else 37)).images)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(images[0], images[1]) and torch.equal(images[0], images[2])
+
+
+def test_any_request_is_served_from_whole_blocks(compat_dir):
+    sampler = ViewSampler(_model("stylegan2", compat_dir), None, views=1, seed=0, device="cpu", block=4)
+    whole = sampler.sample(np.arange(12))
+    odd = sampler.sample([9, 2, 2, 11, 0])  # unordered, repeated, across blocks
+    for name in ("images", "codes", "anchor", "deltas"):
+        assert torch.equal(getattr(odd, name), getattr(whole, name)[[9, 2, 2, 11, 0]]), name
+    assert torch.equal(sampler.latents(np.arange(5, 7)).codes, whole.codes[5:7])
+    with pytest.raises(ConfigError, match="decode block"):
+        ViewSampler(_model("toy", compat_dir), block=0)
+
+
+def test_batches_fall_on_block_boundaries():
+    ranges = [(int(b[0]), int(b[-1]) + 1) for b in block_aligned_batches(10, 70, batch_size=40, block=16)]
+    assert ranges == [(10, 32), (32, 64), (64, 70)]  # 40 rounds to 2 blocks: boundaries at multiples of 32
+    assert [len(b) for b in block_aligned_batches(0, 5, batch_size=1, block=16)] == [5]
+
+
+def test_a_resume_that_would_change_the_bytes_is_refused(tmp_path):
+    out = tmp_path / "ds"
+    settings = dict(samples=40, views=1, shard_size=10, seed=0, device="cpu", model_kwargs={"resolution": 16})
+    generate(out, "toy", None, **settings)
+    decode = read_manifest(out)["splits"]["train"]["config"]["decode"]
+    assert decode == {"block": 16, "device": "cpu", "cpu_kernels": torch.backends.cpu.get_cpu_capability(),
+                      "amp": "none", "dtype": "float32", "torch": torch.__version__}
+    with pytest.raises(ConfigError, match="decode.block"):
+        generate(out, "toy", None, decode_block=8, **settings)
+    manifest = read_manifest(out)
+    manifest["splits"]["train"]["config"]["decode"]["torch"] = "1.13.0"
+    write_manifest(out, manifest)
+    with pytest.raises(ConfigError, match="decode.torch"):
+        generate(out, "toy", None, **settings)
+
+
+def test_cuda_decoding_uses_deterministic_cudnn_and_restores_the_settings():
+    cudnn = torch.backends.cudnn
+    saved = cudnn.deterministic, cudnn.benchmark
+    try:
+        cudnn.deterministic, cudnn.benchmark = False, True
+        with deterministic_algorithms(torch.device("cpu")):
+            assert (cudnn.deterministic, cudnn.benchmark) == (False, True)
+        with deterministic_algorithms(torch.device("cuda")):  # a device object needs no GPU
+            assert (cudnn.deterministic, cudnn.benchmark) == (True, False)
+        assert (cudnn.deterministic, cudnn.benchmark) == (False, True)
+    finally:
+        cudnn.deterministic, cudnn.benchmark = saved
