@@ -7,16 +7,30 @@ exit with status 2; there is no traceback for them.
 from __future__ import annotations
 
 import argparse
+import errno
+import signal
 import sys
+import threading
 
 import yaml
 
 from .errors import ConfigError
 from .models import available_models, load_model
 from .policies import resolve_policy
-from .views import DECODE_BLOCK
+from .checks import (MAX_BATCH_SIZE, MAX_PREVIEW_SAMPLES, MAX_SAMPLES, MAX_SHARD_SIZE, MAX_SHARDS, MAX_VIEWS,
+                     MAX_WORKERS, load_yaml, short)
+from .views import DECODE_BLOCK, MAX_DECODE_BLOCK
 
 DEFAULT_MODEL = "digits"
+SEED_HELP = "seed, an integer in [0, 2**63)"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad option is one line on stderr (exit 2), like every other user error."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {short(message)} (see {self.prog} --help)\n")
+
 # What synthviews.writer.generate does when workers is None (tests/test_cli.py checks the two agree).
 WORKERS_HELP = ("image-encoding threads (default: min(4, CPUs) with CUDA, max(1, min(4, CPUs // 2)) on CPU, "
                 "where the encoders share the cores with the generator)")
@@ -26,10 +40,14 @@ def _model_option(text: str) -> tuple[str, object]:
     key, sep, value = text.partition("=")
     if not sep or not key.isidentifier():
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE with a Python-style key, got {text!r}")
+    if len(value) > 10_000:
+        raise argparse.ArgumentTypeError(f"--model-opt {key}: the value is over 10,000 characters")
     try:
-        return key, yaml.safe_load(value)
-    except yaml.YAMLError:
-        return key, value
+        return key, load_yaml(value, f"--model-opt {key}")
+    except ConfigError as e:
+        if "not valid YAML" in str(e) and "anchors and aliases" not in str(e) and "duplicate key" not in str(e):
+            return key, value  # not YAML: the plain string
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _add_model_args(p: argparse.ArgumentParser, default: str | None = DEFAULT_MODEL) -> None:
@@ -94,16 +112,29 @@ def _cmd_verify(args) -> int:
 
 
 def _cmd_merge(args) -> int:
-    from .card import write_card
-    from .manifest import merge, pending_splits
+    """As the folder's only writer. A rerun after a kill at any point completes the merge (the
+    progress files go last); an already merged folder merges again to the same bytes."""
+    from pathlib import Path
 
-    splits = [args.split] if args.split else pending_splits(args.out)
-    if not splits:
-        raise ConfigError(f"{args.out} holds no rank progress files to merge")
-    for split in splits:
-        manifest = merge(args.out, split)
-    write_card(args.out, manifest)
-    print(f"merged split(s) {', '.join(splits)} into {args.out}/synthviews.json")
+    from .card import write_card
+    from .files import DatasetLock
+    from .manifest import fold_progress, pending_splits, read_manifest, remove_temporaries
+
+    out = Path(args.out)
+    if not out.is_dir():
+        raise ConfigError(f"{out} is not a folder; nothing to merge")
+    with DatasetLock(out):
+        remove_temporaries(out)
+        splits = [args.split] if args.split else pending_splits(out)
+        if not splits:
+            manifest = read_manifest(out)
+            if not manifest or not manifest["splits"]:
+                raise ConfigError(f"{out} holds no rank progress files to merge")
+            splits = sorted(manifest["splits"])  # merged already (perhaps killed before its card): again
+        for split in splits:
+            manifest = fold_progress(out, split)
+        write_card(out, manifest)
+    print(f"merged split(s) {', '.join(splits)} into {out}/synthviews.json")
     return 0
 
 
@@ -131,7 +162,7 @@ def _cmd_info(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="synthviews",
         description="Positive views for self-supervised learning from generators with several latent variables.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
@@ -141,10 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Write a PNG grid of anchors (first column) and their positive views.")
     _add_model_args(p)
     p.add_argument("--policy", help="policy file (YAML/JSON); default: the model's default policy")
-    p.add_argument("--samples", type=int, default=8, help="rows: number of anchors (default: 8)")
-    p.add_argument("--views", type=int, default=4, help="positives per anchor, K (default: 4)")
-    p.add_argument("--seed", type=int, default=0, help="seed; same seed, same images (default: 0)")
-    p.add_argument("--start", type=int, default=0, help="first sample index (default: 0)")
+    p.add_argument("--samples", type=int, default=8, help=f"rows: number of anchors, 1-{MAX_PREVIEW_SAMPLES} (default: 8)")
+    p.add_argument("--views", type=int, default=4, help=f"positives per anchor, K, 1-{MAX_VIEWS} (default: 4)")
+    p.add_argument("--seed", type=int, default=0, help=SEED_HELP + "; same seed, same images (default: 0)")
+    p.add_argument("--start", type=int, default=0, help="first sample index, 0-2**62 (default: 0)")
     p.add_argument("--amp", choices=["none", "fp16", "bf16"], default="none",
                    help="autocast precision for decoding (fp16 needs CUDA; default: none)")
     p.add_argument("--out", default="preview.png", help="output PNG path (default: preview.png)")
@@ -158,17 +189,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("--out", help="output folder (default: shards/MODEL)")
     p.add_argument("--policy", help="policy file (YAML/JSON); default: the model's default policy")
-    p.add_argument("--samples", type=int, default=10000, help="number of anchors (default: 10000)")
-    p.add_argument("--views", type=int, default=2, help="positives per anchor, K; view0 is the anchor (default: 2)")
-    p.add_argument("--seed", type=int, default=0, help="seed; same seed, same bytes (default: 0)")
-    p.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default: 1000)")
+    p.add_argument("--samples", type=int, default=10000,
+                   help=f"number of anchors, 1-{MAX_SAMPLES:,} in at most {MAX_SHARDS:,} shards (default: 10000)")
+    p.add_argument("--views", type=int, default=2,
+                   help=f"positives per anchor, K, 1-{MAX_VIEWS}; view0 is the anchor (default: 2)")
+    p.add_argument("--seed", type=int, default=0, help=SEED_HELP + "; same seed, same bytes (default: 0)")
+    p.add_argument("--shard-size", type=int, default=1000,
+                   help=f"samples per shard, 1-{MAX_SHARD_SIZE:,} (default: 1000)")
     p.add_argument("--format", choices=["jpg", "png", "webp"], default="jpg", help="image format (default: jpg)")
     p.add_argument("--quality", type=int, help="jpg/webp quality 1-100 (default: 95 jpg, 90 webp)")
     p.add_argument("--batch-size", type=int, default=64,
-                   help="anchors per step, rounded to whole decode blocks; never changes the bytes (default: 64)")
+                   help=f"anchors per step, 1-{MAX_BATCH_SIZE}, rounded to whole decode blocks; never changes the "
+                        "bytes (default: 64)")
     p.add_argument("--decode-block", type=int, default=DECODE_BLOCK,
-                   help="anchors per generator call; part of the configuration: the bytes depend on it "
-                        f"(default: {DECODE_BLOCK})")
+                   help=f"anchors per generator call, 1-{MAX_DECODE_BLOCK}; part of the configuration: the bytes "
+                        f"depend on it (default: {DECODE_BLOCK})")
     p.add_argument("--amp", choices=["none", "fp16", "bf16"], default="none",
                    help="autocast precision for decoding (fp16 needs CUDA; default: none)")
     p.add_argument("--save-latents", action="store_true", help="also store every view's code as latents.npy")
@@ -177,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="insist on continuing an existing run (rerunning the same command resumes anyway)")
     p.add_argument("--rank", type=int, help="this job's rank among independent jobs (with --world-size)")
     p.add_argument("--world-size", type=int, help="number of independent jobs; then run `synthviews merge OUT`")
-    p.add_argument("--workers", type=int, help=WORKERS_HELP)
+    p.add_argument("--workers", type=int, help=WORKERS_HELP + f"; at most {MAX_WORKERS}")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(run=_cmd_generate)
 
@@ -217,19 +252,46 @@ def _version() -> str:
     return __version__
 
 
+class _Terminated(BaseException):
+    """SIGTERM (what SLURM, Kubernetes or `kill` send) raised in the main thread, so cleanup runs."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated
+
+
+RESUMABLE_VERBS = ("generate", "merge")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one verb. User errors, OS errors (e.g. a full disk), Ctrl-C (exit 130) and SIGTERM
+    (exit 143) end with one line on stderr; generate and merge remove their temporaries first."""
+    verb, name = "", "synthviews"
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
     try:
+        args = build_parser().parse_args(argv)
+        verb, name = args.verb, f"synthviews {args.verb}"
         return args.run(args)
     except ConfigError as e:
-        print(f"synthviews {args.verb}: error: {e}", file=sys.stderr)
+        print(f"{name}: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # unwritable output, full disk, unreadable input: the message names the path
-        print(f"synthviews {args.verb}: error: {e.strerror or e} ({e.filename or 'no file name'})", file=sys.stderr)
+        hint = ("; free some space, then rerun the same command to resume"
+                if e.errno in (errno.ENOSPC, errno.EDQUOT) and verb in RESUMABLE_VERBS else "")
+        print(f"{name}: error: {e.strerror or e} ({e.filename or 'no file name'}){hint}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"synthviews {args.verb}: interrupted", file=sys.stderr)
+        print(f"{name}: interrupted" + ("; rerun the same command to resume" if verb in RESUMABLE_VERBS else ""),
+              file=sys.stderr)
         return 130
+    except _Terminated:
+        print(f"{name}: terminated (SIGTERM)" + ("; rerun the same command to resume" if verb in RESUMABLE_VERBS
+                                                 else ""), file=sys.stderr)
+        return 143
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 if __name__ == "__main__":

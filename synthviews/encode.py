@@ -70,7 +70,11 @@ def encode_sample(index: int, views: np.ndarray, meta: dict, fmt: str, quality: 
     sample = {"__key__": sample_key(index)}
     for v, array in enumerate(views):
         sample[f"view{v}.{fmt}"] = encode_image(array, fmt, quality)
-    sample["json"] = json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
+    try:  # a huge delta (finite weights, huge outputs) must not become invalid JSON
+        sample["json"] = json.dumps(meta, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+    except ValueError:
+        raise ConfigError(f"sample {index}: a perturbation size is not finite (NaN or infinite delta); "
+                          "check the model's outputs and the policy's stds") from None
     if latents is not None:
         sample["latents.npy"] = npy_bytes(latents)
     return sample

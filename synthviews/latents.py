@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .checks import MAX_NOISE, MAX_SEED, brief, finite
 from .errors import ConfigError
 
 
@@ -53,15 +54,23 @@ class TruncatedNormal:
 
 
 def check_normal_params(mean, std, truncation, what: str) -> None:
-    """Raise ConfigError naming ``what`` if (mean, std, truncation) is unusable."""
+    """Raise ConfigError naming ``what`` if (mean, std, truncation) is unusable.
+
+    |mean|, std and truncation are capped at MAX_NOISE: a std of 1e300 is finite
+    but its noise overflows float32 and writes Infinity into every sample's json.
+    """
     for name, value in (("mean", mean), ("std", std)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ConfigError(f"{what}: {name} must be a finite number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not finite(value):
+            raise ConfigError(f"{what}: {name} must be a finite number, got {brief(value)}")
+        if abs(value) > MAX_NOISE:
+            raise ConfigError(f"{what}: {name} must be within +-{MAX_NOISE:g}, got {brief(value)}")
     if std < 0:
         raise ConfigError(f"{what}: std must be >= 0, got {std}")
     if truncation is not None:
-        if isinstance(truncation, bool) or not isinstance(truncation, (int, float)) or not truncation > 0:
-            raise ConfigError(f"{what}: truncation must be a positive number of stds (or null for none), got {truncation!r}")
+        if (isinstance(truncation, bool) or not isinstance(truncation, (int, float)) or not finite(truncation)
+                or not 0 < truncation <= MAX_NOISE):
+            raise ConfigError(f"{what}: truncation must be a positive number of stds up to {MAX_NOISE:g} "
+                              f"(or null for none), got {brief(truncation)}")
 
 
 # --- keyed random streams -------------------------------------------------
@@ -99,8 +108,9 @@ class Streams:
     """
 
     def __init__(self, seed: int):
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED:
+            # above 2**63 the key would wrap (2**64 gives seed 0's images) or break int64 readers
+            raise ConfigError(f"seed must be an integer in [0, 2**63), got {brief(seed)}")
         self.seed = int(seed)
 
     def keys(self, indices, view: int, group: str, purpose: str) -> np.ndarray:

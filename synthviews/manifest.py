@@ -7,9 +7,10 @@ Layout of ``synthviews.json``::
                           "shards": [{"shard": 0, "name": "train-000000.tar", "first_index": 0,
                                       "count": 1000, "bytes": ..., "sha256": ...}, ...]}}}
 
-A single process updates it after every shard. With several ranks each rank
-instead updates its own ``synthviews.{split}.rank{r}-of-{n}.json`` (one writer
-per file); :func:`merge` folds them into the manifest once every shard exists.
+A single process writes it before its first shard and updates it after every
+shard. With several ranks each rank instead does so with its own
+``synthviews.{split}.rank{r}-of-{n}.json`` (one writer per file); :func:`merge`
+folds them into the manifest once every shard exists.
 Shards hold consecutive indices: shard s has [s*shard_size, (s+1)*shard_size).
 """
 
@@ -19,12 +20,15 @@ import json
 import re
 from pathlib import Path
 
+from .checks import (MAX_IMAGE_SIDE, MAX_JSON_BYTES, MAX_SAMPLES, MAX_SEED, MAX_SHARD_SIZE, MAX_SHARDS, MAX_VIEWS,
+                     Any, Bool, Choice, Int, List, Map, Obj, Opt, Str, _join, brief, error, load_json, read_text)
 from .errors import ConfigError
-from .files import write_atomic
+from .files import TEMPORARY_RE, DatasetLock, write_atomic
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "synthviews.json"
 _SPLIT_RE = re.compile(r"^[a-z0-9_]+$")
+_SHARD_RE = re.compile(r"^[a-z0-9_]+-\d{6,}\.tar$")
 _PROGRESS_RE = re.compile(r"^synthviews\.(?P<split>[a-z0-9_]+)\.rank(?P<rank>\d+)-of-(?P<world>\d+)\.json$")
 
 
@@ -48,23 +52,70 @@ def progress_name(split: str, rank: int, world_size: int) -> str:
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{path} is unreadable or not valid JSON ({e}); it is not a synthviews manifest") from None
+    """A JSON object from a regular file of at most 64 MB: strict JSON (no NaN, no duplicate keys)."""
+    data = load_json(read_text(path, "file", MAX_JSON_BYTES), str(path))
     if not isinstance(data, dict):
         raise ConfigError(f"{path} is not a synthviews manifest (expected a JSON object)")
     return data
 
 
+_SHA256 = Str(64, r"[0-9a-f]{64}")
+_CONFIG = Obj({
+    "samples": Int(1, MAX_SAMPLES), "shard_size": Int(1, MAX_SHARD_SIZE), "views": Int(1, MAX_VIEWS),
+    "seed": Int(0, MAX_SEED), "save_latents": Bool,
+    "image": Obj({"format": Choice("jpg", "png", "webp"), "quality": Opt(Int(1, 100)),
+                  "shape": List(Int(1, MAX_IMAGE_SIDE), 3, length=3)}),
+    "model": Obj({"model_id": Str(200), "family": Str(100), "weights_sha256": Opt(Str(200))},
+                 {"license": Opt(Str(200)), "license_link": Opt(Str(2000))}),
+    "policy": Map(Any, 10_000), "policy_id": Str(200), "amp": Opt(Str(20)),
+}, {"split": Str(100, _SPLIT_RE.pattern[1:-1]), "decode": Map(Any, 100)})
+_RECORD = Obj({"shard": Int(0, MAX_SHARDS - 1), "name": Str(100), "first_index": Int(0, MAX_SAMPLES),
+               "count": Int(1, MAX_SHARD_SIZE), "bytes": Int(0, 1 << 50), "sha256": _SHA256})
+_ENTRY = Obj({"config": _CONFIG, "shards": List(_RECORD, MAX_SHARDS)},
+             {"num_shards": Int(1, MAX_SHARDS), "complete": Bool})
+
+
+def _check_entry(entry: dict, split: str, where: str) -> dict:
+    """A split entry (manifest) or progress entry checked field by field, then for consistency:
+    the shard count follows from samples and shard_size, records name their own shard."""
+    _ENTRY(entry, where)  # where = "FILE: splits.NAME": fields are named below it
+    config = entry["config"]
+    if config.get("split", split) != split:
+        raise error(f"{_join(where, 'config.split')} is {brief(config['split'])}, not {split!r}")
+    num_shards = -(-config["samples"] // config["shard_size"])
+    if num_shards > MAX_SHARDS:
+        raise error(f"{_join(where, 'config')}: {config['samples']} samples in shards of {config['shard_size']} make "
+                    f"{num_shards:,} shards; the limit is {MAX_SHARDS:,}")
+    if entry.get("num_shards", num_shards) != num_shards:
+        raise error(f"{_join(where, 'num_shards')} is {entry['num_shards']}, but samples and shard_size give {num_shards}")
+    seen = set()
+    for i, record in enumerate(entry["shards"]):
+        shard = record["shard"]
+        if shard >= num_shards or shard in seen or record["name"] != shard_name(split, shard):
+            raise error(f"{_join(where, f'shards[{i}]')}: shard {shard} named {brief(record['name'], 40)} is out of range, "
+                        f"repeated or misnamed (expected {shard_name(split, min(shard, num_shards - 1))})")
+        seen.add(shard)
+    return entry
+
+
 def read_manifest(out: Path) -> dict | None:
-    """The manifest of ``out``, or None if there is none; a foreign or corrupt file raises ConfigError."""
+    """The manifest of ``out``, or None if there is none; a foreign or corrupt file raises ConfigError.
+
+    Every field the library reads is checked against a schema of types and ranges first, so a
+    hand-edited or hostile manifest gives one line naming the file and the field.
+    """
     path = Path(out) / MANIFEST_NAME
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         return None
     data = _read_json(path)
     if data.get("format_version") != FORMAT_VERSION or not isinstance(data.get("splits"), dict):
         raise ConfigError(f"{path} is not a synthviews manifest of format version {FORMAT_VERSION}")
+    if len(data["splits"]) > 1000:
+        raise error(f"{path}: splits holds {len(data['splits'])} entries; the limit is 1000")
+    for split, entry in data["splits"].items():
+        if not isinstance(split, str) or not _SPLIT_RE.match(split):
+            raise error(f"{path}: split name {brief(split, 40)} must be lower-case letters, digits or _")
+        _check_entry(entry, split, f"{path}: splits.{split}")
     return data
 
 
@@ -77,7 +128,7 @@ def read_progress(out: Path, split: str) -> list[dict]:
     found = []
     for path in sorted(Path(out).glob(f"synthviews.{split}.rank*-of-*.json")):
         if _PROGRESS_RE.match(path.name):
-            entry = _read_json(path)
+            entry = _check_entry(_read_json(path), split, f"{path}:")
             entry["_path"] = path
             found.append(entry)
     return found
@@ -131,6 +182,21 @@ def split_entry(config: dict, shards: dict[int, dict], num_shards: int) -> dict:
 def merge(out: Path, split: str) -> dict:
     """Fold the progress files of ``split`` into the manifest once all its shards exist.
 
+    Takes the folder's writer lock (a running writer makes it refuse) and removes the
+    temporaries a killed run left; see :func:`fold_progress`.
+    """
+    if not Path(out).is_dir():
+        raise ConfigError(f"{out} is not a folder; nothing to merge")
+    with DatasetLock(out):
+        remove_temporaries(out)
+        return fold_progress(out, split)
+
+
+def fold_progress(out: Path, split: str) -> dict:
+    """:func:`merge` for a caller that holds the folder's lock.
+
+    Idempotent and crash-safe: the manifest is written before the progress files are
+    removed, and a complete split in the manifest merges again to the same bytes.
     Returns the updated manifest; raises ConfigError naming the missing shards otherwise.
     """
     out = Path(out)
@@ -154,6 +220,31 @@ def merge(out: Path, split: str) -> dict:
         if "_path" in entry:
             entry["_path"].unlink(missing_ok=True)
     return manifest
+
+
+def is_dataset_file(name: str) -> bool:
+    """A final name synthviews writes into a dataset folder (shards, manifest, progress files, card)."""
+    return bool(name in (MANIFEST_NAME, "README.md", "preview.png") or _PROGRESS_RE.match(name)
+                or _SHARD_RE.match(name))
+
+
+def temporaries(out: Path) -> list[tuple[Path, str]]:
+    """(path, final name) of every temporary a synthviews writer left in ``out``."""
+    found = []
+    for path in sorted(Path(out).glob(".*.tmp")):
+        m = TEMPORARY_RE.match(path.name)
+        if m and is_dataset_file(m.group("name")):
+            found.append((path, m.group("name")))
+    return found
+
+
+def remove_temporaries(out: Path, keep=lambda name: False) -> None:
+    """Remove the temporaries of killed writers, except those whose final name ``keep`` claims.
+
+    Only for a caller holding the lock that makes it the sole writer of those files."""
+    for path, name in temporaries(out):
+        if not keep(name):
+            path.unlink(missing_ok=True)
 
 
 def pending_splits(out: Path) -> list[str]:

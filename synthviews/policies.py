@@ -38,6 +38,7 @@ import numpy as np
 import torch
 import yaml
 
+from .checks import MAX_POLICY_BYTES, brief, error, load_json, load_yaml, read_text
 from .errors import ConfigError
 from .latents import Streams, check_normal_params
 from .models.base import MLVGM
@@ -67,10 +68,10 @@ class GroupNoise:
         if isinstance(spec, (int, float)) and not isinstance(spec, bool):
             spec = {"std": spec}
         if not isinstance(spec, Mapping):
-            raise ConfigError(f"{where}: expected 'fixed', a std number or a mapping with std/mean/truncation, got {spec!r}")
+            raise ConfigError(f"{where}: expected 'fixed', a std number or a mapping with std/mean/truncation, got {brief(spec)}")
         unknown = set(spec) - {"std", "mean", "truncation"}
         if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; expected std, mean, truncation")
+            raise error(f"{where}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; expected std, mean, truncation")
         if "std" not in spec:
             raise ConfigError(f"{where}: missing 'std'")
         std, mean, truncation = spec["std"], spec.get("mean", 0.0), spec.get("truncation")
@@ -112,7 +113,7 @@ def _check_group_names(names, model: MLVGM, what: str) -> None:
         hint = ""
         if any(n.isdigit() for n in unknown) and any("_" in n for n in model.group_names):
             hint = " (YAML reads an unquoted 2_4 as the number 24: quote such names, e.g. '2_4': 0.5)"
-        raise ConfigError(f"{what}: unknown latent group(s) {', '.join(map(repr, unknown))} for model "
+        raise error(f"{what}: unknown latent group(s) {', '.join(brief(n, 40) for n in unknown[:5])} for model "
                           f"{model.family!r}; its groups are: {', '.join(model.group_names)}{hint}")
 
 
@@ -158,8 +159,8 @@ class GaussianPolicy(Policy):
         _check_keys(d, {"kind", "default", "groups"})
         groups = d.get("groups") or {}
         if not isinstance(groups, Mapping):
-            raise ConfigError(f"policy 'groups' must be a mapping of group name -> noise, got {groups!r}")
-        return cls(groups={str(k): GroupNoise.from_spec(v, f"policy group {k!r}") for k, v in groups.items()},
+            raise ConfigError(f"policy 'groups' must be a mapping of group name -> noise, got {brief(groups)}")
+        return cls(groups={str(k): GroupNoise.from_spec(v, f"policy group {brief(k, 40)}") for k, v in groups.items()},
                    default=GroupNoise.from_spec(d.get("default", "fixed"), "policy 'default'"))
 
 
@@ -175,17 +176,17 @@ class RandomSubsetPolicy(Policy):
     def __init__(self, p: float, std: tuple[float, float], truncation: float | None = None,
                  mean: float = 0.0, groups: list[str] | None = None):
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
-            raise ConfigError(f"random_subset policy: p must be a probability in [0, 1], got {p!r}")
+            raise ConfigError(f"random_subset policy: p must be a probability in [0, 1], got {brief(p)}")
         if (not isinstance(std, (list, tuple)) or len(std) != 2
                 or not all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in std)):
-            raise ConfigError(f"random_subset policy: std must be a pair [lo, hi], got {std!r}")
+            raise ConfigError(f"random_subset policy: std must be a pair [lo, hi], got {brief(std)}")
         lo, hi = float(std[0]), float(std[1])
         check_normal_params(mean, lo, truncation, "random_subset policy (std lo)")
         check_normal_params(mean, hi, truncation, "random_subset policy (std hi)")
         if lo > hi:
             raise ConfigError(f"random_subset policy: std range [{lo}, {hi}] has lo > hi")
         if groups is not None and (not isinstance(groups, (list, tuple)) or not all(isinstance(g, str) for g in groups)):
-            raise ConfigError(f"random_subset policy: groups must be a list of group names, got {groups!r}")
+            raise ConfigError(f"random_subset policy: groups must be a list of group names, got {brief(groups)}")
         self.p, self.std, self.truncation, self.mean = float(p), (lo, hi), truncation, float(mean)
         self.groups = None if groups is None else list(groups)
 
@@ -233,7 +234,7 @@ def register_policy(kind: str, from_dict: Callable[[Mapping], Policy]) -> None:
 def _check_keys(d: Mapping, allowed: set[str]) -> None:
     unknown = set(d) - allowed
     if unknown:
-        raise ConfigError(f"{d.get('kind')} policy: unknown key(s) {', '.join(sorted(map(str, unknown)))}; "
+        raise error(f"{brief(d.get('kind'), 40)} policy: unknown key(s) {', '.join(sorted(map(str, unknown)))}; "
                           f"allowed: {', '.join(sorted(allowed))}")
 
 
@@ -249,32 +250,30 @@ def policy_from_dict(d) -> Policy:
     if not isinstance(d, Mapping):
         raise ConfigError(f"a policy must be a mapping with a 'kind' key, got {type(d).__name__}")
     kind = d.get("kind")
+    if not isinstance(kind, str):
+        raise ConfigError(f"a policy needs a 'kind' name; known kinds: {', '.join(sorted(_KINDS))}; got {brief(kind)}")
     if kind == "walker" and kind not in _KINDS:
         import synthviews.analysis  # noqa: F401  (registers the learned-walker policy)
     if kind not in _KINDS:
-        raise ConfigError(f"unknown policy kind {kind!r}; known kinds: {', '.join(sorted(_KINDS))}")
+        raise ConfigError(f"unknown policy kind {brief(kind, 40)}; known kinds: {', '.join(sorted(_KINDS))}")
     return _KINDS[kind](d)
 
 
 def load_policy(path: str | Path) -> Policy:
-    """Read a YAML or JSON policy file; errors name the file and the problem."""
+    """Read a YAML or JSON policy file; errors name the file and the problem.
+
+    Only a regular file of at most 1 MB is read; YAML anchors/aliases and
+    duplicate keys are refused (an alias bomb expands 1 KB to gigabytes).
+    """
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"policy file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read policy file {path}: {e}") from None
-    try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (yaml.YAMLError, json.JSONDecodeError) as e:
-        raise ConfigError(f"policy file {path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: "
-                          f"{' '.join(str(e).split())}") from None
+    text = read_text(path, "policy file", MAX_POLICY_BYTES)
+    where = f"policy file {path}"
+    data = load_json(text, where) if path.suffix == ".json" else load_yaml(text, where)
     token = _POLICY_DIR.set(path.parent)
     try:
         return policy_from_dict(data)
     except ConfigError as e:
-        raise ConfigError(f"policy file {path}: {e}") from None
+        raise error(f"policy file {path}: {e}") from None
     finally:
         _POLICY_DIR.reset(token)
 

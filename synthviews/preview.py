@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .checks import MAX_INDEX, MAX_PREVIEW_SAMPLES, MAX_VIEWS, check_int
 from .errors import ConfigError
 from .files import write_atomic
 from .images import grid, png_bytes, to_uint8
@@ -12,8 +13,10 @@ from .views import ViewSampler
 
 def preview(sampler: ViewSampler, out: str | Path, samples: int = 8, start: int = 0) -> Path:
     """Write the grid for sample indices ``start .. start+samples-1`` to ``out`` (atomically)."""
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise ConfigError(f"samples must be an integer >= 1, got {samples!r}")
+    # One grid is held in memory: samples x (1 + views) images; bound both.
+    check_int(samples, "preview samples", 1, MAX_PREVIEW_SAMPLES)
+    check_int(start, "preview start index", 0, MAX_INDEX)
+    check_int(sampler.views, "preview views (positives per anchor)", 1, MAX_VIEWS)
     out = Path(out)
     if out.suffix.lower() != ".png":
         raise ConfigError(f"preview output {out} must end in .png")

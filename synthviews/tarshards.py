@@ -1,20 +1,39 @@
-"""Reading the samples of one shard in order, for checks and previews (training reads through webdataset)."""
+"""Reading the samples of one shard in order: for checks, previews and training (ShardViews).
+
+tarfile reads a tar cut at a member boundary, or one whose next header is
+damaged, as a clean end of archive. :func:`checked_samples` therefore checks
+a shard against its manifest record while it streams (count, keys, fields,
+bytes, optionally sha256), so a short or wrong shard is an error, never a
+silently smaller epoch.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import tarfile
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
+
+from .errors import ConfigError
 
 
-def iter_tar_samples(path: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """Yield ``(key, {field: bytes})`` per sample; members of a sample must be contiguous.
+class ShardError(ConfigError):
+    """A shard cannot be read, or does not match its manifest record; the message names the shard and sample."""
 
-    Raises ``tarfile.TarError``/``ValueError`` for a truncated tar or a key seen twice.
+
+def iter_tar_samples(source: str | Path | BinaryIO) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """Yield ``(key, {field: bytes})`` per sample of a tar file path or a readable stream, in one pass.
+
+    Members of a sample must be contiguous. Raises ``tarfile.TarError``/``ValueError``
+    for a truncated member or a key seen twice.
     """
+    if isinstance(source, (str, Path)):
+        with open(source, "rb") as f:
+            yield from iter_tar_samples(f)
+        return
     seen: set[str] = set()
     key, fields = None, {}
-    with tarfile.open(path, "r:") as tar:
+    with tarfile.open(fileobj=source, mode="r|") as tar:
         for member in tar:
             if not member.isfile():
                 continue
@@ -30,6 +49,72 @@ def iter_tar_samples(path: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]
             data = tar.extractfile(member).read()
             if len(data) != member.size:
                 raise tarfile.ReadError(f"member {member.name} is truncated")
+            if field in fields:
+                raise ValueError(f"sample {k} has {field} twice")
             fields[field] = data
     if key is not None:
         yield key, fields
+
+
+class _Tap:
+    """A read-only stream that counts (and, if asked, hashes) the bytes read through it."""
+
+    def __init__(self, raw: BinaryIO, sha256: bool):
+        self.raw, self.bytes, self.hash = raw, 0, hashlib.sha256() if sha256 else None
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        self.bytes += len(data)
+        if self.hash is not None:
+            self.hash.update(data)
+        return data
+
+    def drain(self) -> None:
+        """Read to the end: the tar end marker, padding, and anything appended after it."""
+        while self.read(1 << 20):
+            pass
+
+
+def checked_samples(stream: BinaryIO, name: str, first: int, count: int, fields: set[str],
+                    size: int | None = None, sha256: str | None = None,
+                    lo: int = 0, hi: int | None = None) -> Iterator[tuple[int, str, dict[str, bytes]]]:
+    """``(index, key, fields)`` of samples ``lo`` to ``hi`` (positions in the shard) of shard ``name``.
+
+    The whole shard is read and checked against its record while streaming:
+    exactly ``count`` samples keyed ``first``, ``first + 1``, ... (``{index:09d}``)
+    in order, exactly ``fields`` in each, ``size`` bytes and, if given, ``sha256``.
+    A mismatch raises :class:`ShardError` naming the shard and the sample; the
+    size and hash can only be known at the end, after the samples were yielded.
+    """
+    hi = count if hi is None else hi
+    tap = _Tap(stream, sha256 is not None)
+    seen, key = 0, None
+    after = lambda: f"after sample {key}" if key else "before its first sample"  # noqa: E731
+    try:
+        for key, sample in iter_tar_samples(tap):
+            index = first + seen
+            if seen >= count:
+                raise ShardError(f"shard {name}: sample {key} is more than the {count} the manifest lists")
+            if key != f"{index:09d}":
+                raise ShardError(f"shard {name}: sample {key} where {index:09d} was expected (shard index range "
+                                 f"{first}-{first + count - 1}: a swapped, renamed or foreign shard?)")
+            if set(sample) != fields:
+                missing, extra = sorted(fields - set(sample)), sorted(set(sample) - fields)
+                raise ShardError(f"shard {name}: sample {key} " + "; ".join(
+                    part for part in (f"lacks {', '.join(missing)}" if missing else "",
+                                      f"has unexpected {', '.join(extra)}" if extra else "") if part))
+            if lo <= seen < hi:
+                yield index, key, sample
+            seen += 1
+        tap.drain()
+    except ShardError:
+        raise
+    except (tarfile.TarError, OSError, ValueError, EOFError) as e:
+        raise ShardError(f"shard {name}: unreadable {after()} ({type(e).__name__}: {e})") from None
+    if seen != count:
+        raise ShardError(f"shard {name}: ends {after()}, {seen} of the {count} samples the manifest lists "
+                         f"(truncated, or a damaged tar header)")
+    if size is not None and tap.bytes != size:
+        raise ShardError(f"shard {name}: {tap.bytes} bytes, the manifest says {size} (truncated, or data appended)")
+    if sha256 is not None and tap.hash.hexdigest() != sha256:
+        raise ShardError(f"shard {name}: sha256 does not match the manifest (corrupted or modified)")

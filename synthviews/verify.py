@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import io
-import json
 import tarfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from .checks import load_json, short
 from .errors import ConfigError
 from .files import sha256_file
 from .images import stored_channels
@@ -106,11 +106,13 @@ def _check_fields(where: str, sample: dict, index: int, fmt: str, k: int, hwc: t
             problems.append(f"{where}: view{v} is {shape[1]}x{shape[0]} with {shape[2]} channels, expected "
                             f"{hwc[1]}x{hwc[0]} with {hwc[2]}")
     try:
-        meta = json.loads(sample["json"])
-        if meta.get("index") != index:
-            problems.append(f"{where}: json index {meta.get('index')} != {index}")
-    except (ValueError, UnicodeDecodeError) as e:
-        problems.append(f"{where}: json does not parse ({e})")
+        meta = load_json(sample["json"], f"{where}: json")
+        if not isinstance(meta, dict):
+            problems.append(f"{where}: json is a {type(meta).__name__}, not an object")
+        elif meta.get("index") != index:
+            problems.append(f"{where}: json index {short(repr(meta.get('index')), 40)} != {index}")
+    except ConfigError as e:
+        problems.append(str(e))
     if "latents.npy" in sample:
         try:
             np.load(io.BytesIO(sample["latents.npy"]), allow_pickle=False)

@@ -4,7 +4,10 @@ The device only decodes: JPEG encoding runs in a thread pool and tar writing
 in one writer thread, fed through a bounded queue (memory stays flat). A
 shard is written under a hidden temporary name and renamed when complete,
 then the manifest is updated atomically, so a killed run leaves only whole
-shards and rerunning the same command continues where it stopped.
+shards and rerunning the same command continues where it stopped. The manifest
+(or a rank's progress file) is written before the first shard, so even a run
+killed at once is recognised as this run's; a writer lock (``files.DatasetLock``)
+keeps a second writer out of the folder while one runs.
 """
 
 from __future__ import annotations
@@ -24,20 +27,23 @@ from .card import write_card
 from .device import resolve_device
 from .distributed import Ranks, barrier, destroy_process_group, detect_ranks, init_process_group
 from .encode import check_format, encode_sample
+from .checks import (MAX_BATCH_SIZE, MAX_SAMPLES, MAX_SEED, MAX_SHARD_SIZE, MAX_SHARDS, MAX_VIEWS, MAX_WORKERS, brief,
+                     check_int)
 from .errors import ConfigError
-from .files import sha256_file
+from .files import LOCK_RE, TEMPORARY_RE, DatasetLock, sha256_file
 from .images import to_uint8
-from .manifest import (FORMAT_VERSION, MANIFEST_NAME, check_split, done_shards, merge, progress_name, read_manifest,
-                       read_progress, shard_name, shard_ranges, split_entry, write_manifest, write_progress)
+from .manifest import (FORMAT_VERSION, MANIFEST_NAME, check_split, done_shards, fold_progress, is_dataset_file, merge,
+                       pending_splits, read_manifest, read_progress, remove_temporaries, shard_name,
+                       shard_ranges, split_entry, write_manifest, write_progress)
 from .models import MLVGM, load_model
 from .views import DECODE_BLOCK, ViewSampler
 
 TAR_MTIME = 0  # fixed member mtime: same command, same bytes
 
 
-def _positive_int(value, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ConfigError(f"{what} must be an integer >= 1, got {value!r}")
+def _positive_int(value, what: str, limit: int = 2**63 - 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= limit:
+        raise ConfigError(f"{what} must be an integer in [1, {limit:,}], got {brief(value)}")
     return int(value)
 
 
@@ -55,16 +61,27 @@ def generate(out: str | Path, model: str | MLVGM = "digits", policy=None, *, sam
     independent jobs (merge with :func:`synthviews.manifest.merge`); under torchrun
     the ranks come from the environment. Returns ``out``.
 
+    One writer per folder: while a run writes ``out`` (or, with ranks, while a job of the
+    same rank or of another world size does) a second is refused with a ConfigError naming
+    it (pid, host, since when). The CLI also turns SIGTERM into a clean exit (status 143).
+
     The generator decodes fixed blocks of ``decode_block`` samples (see
     :class:`~synthviews.views.ViewSampler`), so the bytes never depend on
     ``batch_size``, which only groups blocks (rounded to whole blocks).
     """
     out = Path(out)
-    samples = _positive_int(samples, "samples")
-    shard_size = _positive_int(shard_size, "shard size")
-    batch_size = _positive_int(batch_size, "batch size")
+    samples = _positive_int(samples, "samples", MAX_SAMPLES)
+    shard_size = _positive_int(shard_size, "shard size", MAX_SHARD_SIZE)
+    batch_size = _positive_int(batch_size, "batch size", MAX_BATCH_SIZE)
+    _positive_int(views, "views (positives per anchor)", MAX_VIEWS)
+    check_int(seed, "seed", 0, MAX_SEED)
+    if -(-samples // shard_size) > MAX_SHARDS:  # the shard list is built in memory: bound its length
+        raise ConfigError(f"{samples} samples in shards of {shard_size} make {-(-samples // shard_size):,} shards; "
+                          f"the limit is {MAX_SHARDS:,}: raise --shard-size")
     if workers is not None:
-        workers = _positive_int(workers, "workers")
+        workers = _positive_int(workers, "workers", MAX_WORKERS)
+    if world_size is not None:
+        _positive_int(world_size, "--world-size", MAX_SHARDS)
     quality = check_format(format, quality)
     check_split(split)
     if out.exists() and not out.is_dir():
@@ -85,8 +102,7 @@ def generate(out: str | Path, model: str | MLVGM = "digits", policy=None, *, sam
 
     meta = {"seed": seed, "model_id": config["model"]["model_id"], "policy_id": config["policy_id"], "views": views}
     ranges = shard_ranges(samples, shard_size)
-    done = _check_out_folder(out, split, config, resume)
-    todo = [s for s in range(len(ranges)) if ranks.owns(s) and s not in done]
+    _check_out_folder(out, split, None, resume)  # a foreign folder: refused untouched; the rest under the lock
 
     cpus = os.cpu_count() or 1
     if workers is None:  # on CPU the encoders share the cores with the generator
@@ -97,36 +113,47 @@ def generate(out: str | Path, model: str | MLVGM = "digits", policy=None, *, sam
     init_process_group(ranks, dev)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        _remove_stale_temporaries(out, split, ranks)
-        mine = {s: r for s, r in done.items() if ranks.owns(s)}
-
-        def shard_written(record: dict) -> None:
-            mine[record["shard"]] = record
-            _record_progress(out, split, config, mine, len(ranges), ranks)
-
-        owned = sum(ranges[s][1] for s in range(len(ranges)) if ranks.owns(s))
-        bar = tqdm(total=owned, initial=owned - sum(ranges[s][1] for s in todo), unit="sample", disable=not progress,
-                   desc=f"{split} rank {ranks.rank}/{ranks.world_size}" if ranks.world_size > 1 else split)
-        with _ShardPipeline(out, split, format, quality, workers, shard_written) as pipeline:
-            for s in todo:
-                first, count = ranges[s]
-                for idx in block_aligned_batches(first, first + count, batch_size, sampler.block):
-                    pipeline.submit(s, _encode_job(sampler, idx, meta, format, quality, save_latents, pipeline.pool))
-                    bar.update(len(idx))
-                    bar.set_postfix_str(f"{bar.format_dict['rate'] or 0:.0f} samples/s, "
-                                        f"{(bar.format_dict['rate'] or 0) * (1 + views):.0f} views/s", refresh=False)
-                pipeline.end_shard(s, first, count)
-        bar.close()
-
-        if ranks.world_size == 1 or ranks.use_torch_distributed:  # independent jobs end with `synthviews merge`
-            barrier(ranks)
-            if ranks.rank == 0:
-                write_card(out, merge(out, split))  # also folds in progress files of an earlier multi-rank run
-            barrier(ranks)
+        with DatasetLock(out, ranks.rank, ranks.world_size):
+            _generate_locked(out, split, config, resume, ranks, sampler, meta, format, quality, save_latents, workers,
+                             batch_size, ranges, progress, views)
     finally:
         destroy_process_group(ranks)
         torch.set_num_threads(torch_threads)
     return out
+
+
+def _generate_locked(out: Path, split: str, config: dict, resume: bool, ranks: Ranks, sampler: ViewSampler, meta: dict,
+                     format: str, quality, save_latents: bool, workers: int, batch_size: int, ranges: list,
+                     progress: bool, views: int) -> None:
+    """The part of :func:`generate` that runs as the folder's (or the rank's) only writer."""
+    _remove_stale_temporaries(out, ranks)
+    done = _check_out_folder(out, split, config, resume)
+    todo = [s for s in range(len(ranges)) if ranks.owns(s) and s not in done]
+    mine = {s: r for s, r in done.items() if ranks.owns(s)}
+    _write_split_entry(out, split, config, mine, len(ranges), ranks)  # from now on the folder is this run's
+
+    def shard_written(record: dict) -> None:
+        mine[record["shard"]] = record
+        _record_progress(out, split, config, mine, len(ranges), ranks)
+
+    owned = sum(ranges[s][1] for s in range(len(ranges)) if ranks.owns(s))
+    bar = tqdm(total=owned, initial=owned - sum(ranges[s][1] for s in todo), unit="sample", disable=not progress,
+               desc=f"{split} rank {ranks.rank}/{ranks.world_size}" if ranks.world_size > 1 else split)
+    with bar, _ShardPipeline(out, split, format, quality, workers, shard_written) as pipeline:
+        for s in todo:
+            first, count = ranges[s]
+            for idx in block_aligned_batches(first, first + count, batch_size, sampler.block):
+                pipeline.submit(s, _encode_job(sampler, idx, meta, format, quality, save_latents, pipeline.pool))
+                bar.update(len(idx))
+                bar.set_postfix_str(f"{bar.format_dict['rate'] or 0:.0f} samples/s, "
+                                    f"{(bar.format_dict['rate'] or 0) * (1 + views):.0f} views/s", refresh=False)
+            pipeline.end_shard(s, first, count)
+
+    if ranks.world_size == 1 or ranks.use_torch_distributed:  # independent jobs end with `synthviews merge`
+        barrier(ranks)
+        if ranks.rank == 0:  # also folds in progress files of an earlier multi-rank run
+            write_card(out, fold_progress(out, split))
+        barrier(ranks)
 
 
 def block_aligned_batches(start: int, stop: int, batch_size: int, block: int):
@@ -140,8 +167,13 @@ def block_aligned_batches(start: int, stop: int, batch_size: int, block: int):
         start = end
 
 
-def _check_out_folder(out: Path, split: str, config: dict, resume: bool) -> dict[int, dict]:
-    """Refuse a foreign or differently configured folder; return the shards already done."""
+def _check_out_folder(out: Path, split: str, config: dict | None, resume: bool) -> dict[int, dict]:
+    """Refuse a foreign or differently configured folder; return the shards already done
+    (with ``config`` None, only whether the folder may be used, without reading its shards).
+
+    A folder that is empty or holds only synthviews' own hidden files (a lock, temporaries)
+    is a run killed before its first manifest: it is resumed, with or without --resume.
+    """
     if not out.exists():
         if resume:
             raise ConfigError(f"nothing to resume: {out} does not exist")
@@ -149,33 +181,44 @@ def _check_out_folder(out: Path, split: str, config: dict, resume: bool) -> dict
     manifest = read_manifest(out)
     has_split = bool(read_progress(out, split)) or bool(manifest and split in manifest["splits"])
     if not has_split:
-        if resume:
+        names = [p.name for p in out.iterdir()]
+        if resume and names and not any(map(_own_hidden_file, names)):
             raise ConfigError(f"nothing to resume: {out} holds no synthviews split {split!r}")
-        if manifest is None and any(out.iterdir()):
+        if manifest is None and not pending_splits(out) and not all(map(_own_hidden_file, names)):
             raise ConfigError(f"{out} is not empty and holds no synthviews dataset; choose a new or empty --out")
         return {}
-    return done_shards(out, split, config)
+    return {} if config is None else done_shards(out, split, config)
 
 
-def _remove_stale_temporaries(out: Path, split: str, ranks: Ranks) -> None:
-    """Temporary files a killed run of this rank left (never visible under a final name): removed.
+def _own_hidden_file(name: str) -> bool:
+    """A lock file or a temporary of a dataset file: what a run killed at once leaves."""
+    m = TEMPORARY_RE.match(name)
+    return bool(LOCK_RE.match(name) or (m and is_dataset_file(m.group("name"))))
 
-    Shards this rank owns, its progress file and, on rank 0 (the only writer of
-    the manifest and the card), those too. Other ranks' temporaries are theirs.
+
+def _remove_stale_temporaries(out: Path, ranks: Ranks) -> None:
+    """Temporary files a killed run left (never visible under a final name): removed.
+
+    A single process holds the folder alone: all of them. A rank of a multi-rank run only
+    those of files no other rank writes: shards it owns, its progress files and, on rank 0
+    (the only writer of the manifest and the card), those too.
     """
-    for tmp in out.glob(f".{split}-*.tar.*.tmp"):
-        shard = int(tmp.name[len(split) + 2:].split(".")[0])
-        if ranks.owns(shard):
-            tmp.unlink(missing_ok=True)
-    names = [progress_name(split, ranks.rank, ranks.world_size)]
-    if ranks.rank == 0:
-        names += [MANIFEST_NAME, "README.md", "preview.png"]
-    for name in names:
-        for tmp in out.glob(f".{name}.*.tmp"):
-            tmp.unlink(missing_ok=True)
+    def others(name: str) -> bool:
+        if name.endswith(".tar"):
+            return not ranks.owns(int(name[:-4].rsplit("-", 1)[1]))
+        if name.startswith("synthviews.") and name != MANIFEST_NAME:  # a progress file
+            return not name.endswith(f".rank{ranks.rank:03d}-of-{ranks.world_size:03d}.json")
+        return ranks.rank != 0
+
+    remove_temporaries(out, keep=others if ranks.world_size > 1 else lambda name: False)
 
 
 def _record_progress(out: Path, split: str, config: dict, mine: dict, num_shards: int, ranks: Ranks) -> None:
+    """After each shard: the shards done so far, into the manifest or this rank's progress file."""
+    _write_split_entry(out, split, config, mine, num_shards, ranks)
+
+
+def _write_split_entry(out: Path, split: str, config: dict, mine: dict, num_shards: int, ranks: Ranks) -> None:
     if ranks.world_size == 1:
         manifest = read_manifest(out) or {"format_version": FORMAT_VERSION, "splits": {}}
         manifest["splits"][split] = split_entry(config, mine, num_shards)
@@ -213,6 +256,7 @@ class _ShardPipeline:
         self.queue: queue.Queue = queue.Queue(maxsize=2 * workers)
         self.error: BaseException | None = None
         self.abort = threading.Event()
+        self.finished = threading.Event()
         self.thread = threading.Thread(target=self._write_loop, name="synthviews-writer", daemon=True)
         self.thread.start()
 
@@ -238,14 +282,21 @@ class _ShardPipeline:
     def __exit__(self, exc_type, exc, tb):
         if exc_type is not None:
             self.abort.set()
-        self._put_final()
-        self.thread.join()
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        try:
+            self._put_final()
+            self.finished.wait()
+        except BaseException:  # Ctrl-C or SIGTERM while waiting: stop the writer, but let it clean up first
+            self.abort.set()
+            self._put_final()
+            self.finished.wait()  # not Thread.join: an interrupted join marks a running thread stopped (bpo-45274)
+            raise
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)
         if exc_type is None and self.error is not None:
             raise self.error
 
     def _put_final(self) -> None:
-        while self.thread.is_alive():
+        while not self.finished.is_set():
             try:
                 self.queue.put(None, timeout=0.2)
                 return
@@ -261,7 +312,7 @@ class _ShardPipeline:
             pass
 
     def _write_loop(self) -> None:
-        tmp, stream, writer, written = None, None, None, 0
+        tmp, stream, writer, written, final = None, None, None, 0, None
         try:
             while (item := self.queue.get()) is not None:
                 if self.abort.is_set():
@@ -292,13 +343,19 @@ class _ShardPipeline:
                 writer = stream = tmp = None
                 self.on_shard_done(record)
         except BaseException as e:  # handed to the main thread, which re-raises it
+            if isinstance(e, OSError) and e.filename is None and final is not None:
+                e.filename = str(final)  # e.g. a full disk: say which file could not be written
             self.error = e
             self.abort.set()
             self._drain()
-        finally:
-            if stream is not None:
-                stream.close()
-            if tmp is not None:
-                tmp.unlink(missing_ok=True)
+        finally:  # an abandoned shard: close quietly (a full disk fails again here), remove the temporary
+            for close in (writer and writer.close, stream and stream.close, tmp and tmp.unlink):
+                try:
+                    if close:
+                        close()
+                except Exception:  # a temporary left here is removed by the next run
+                    pass
+            self.finished.set()
+
 
 __all__ = ["generate", "merge"]

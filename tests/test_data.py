@@ -7,7 +7,6 @@ from torch.utils.data import default_collate
 
 import synthviews as sv
 from synthviews.data import ContinuousViews, ShardError, ShardViews, loader
-from synthviews.data.shards import slot_quota
 from synthviews.writer import generate
 
 
@@ -28,6 +27,8 @@ def _as(monkeypatch, rank, world, worker, workers):
     monkeypatch.setenv("WORLD_SIZE", str(world))
     monkeypatch.setenv("WORKER", str(worker))
     monkeypatch.setenv("NUM_WORKERS", str(workers))
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29500")
 
 
 def test_two_ranks_two_workers_see_disjoint_samples_covering_the_dataset(dataset, monkeypatch):
@@ -47,20 +48,28 @@ def test_two_ranks_two_workers_see_disjoint_samples_covering_the_dataset(dataset
 def test_unequal_shards_give_equal_counts_and_say_so_in_len(tmp_path, monkeypatch):
     out = tmp_path / "odd"
     generate(out, "toy", samples=130, views=1, shard_size=25, model_kwargs={"resolution": 8})  # 5 x 25 + 1 x 5
-    assert slot_quota([25, 25, 25, 25, 25, 5], 4) == 5
-    counts = []
+    counts, seen = [], []
     for rank in range(2):
         for worker in range(2):
             _as(monkeypatch, rank, 2, worker, 2)
-            counts.append(len(_keys(ShardViews(out, num_workers=2))))
-    assert counts == [5, 5, 5, 5]
+            ds = ShardViews(out, num_workers=2)
+            keys = _keys(ds)
+            counts.append(len(keys))
+            seen += keys
+            assert len(ds) == 2 * 32
+    assert counts == [32, 32, 32, 32]  # samples, not whole shards, are dealt out: 128 of 130 read
+    assert len(set(seen)) == 128
 
 
-def test_fewer_shards_than_readers_is_a_clear_error(dataset, monkeypatch):
+def test_fewer_shards_than_readers_works_and_too_few_samples_is_a_clear_error(dataset, monkeypatch):
     _as(monkeypatch, 0, 4, 0, 3)
-    with pytest.raises(sv.ConfigError, match="8 shard\\(s\\) for 12 readers"):
-        ShardViews(dataset, num_workers=3)
-    assert len(ShardViews(dataset, num_workers=3, resampled=True))
+    assert len(ShardViews(dataset, num_workers=3)) == 3 * 16  # 8 shards, 12 readers: 16 samples each
+    with pytest.raises(sv.ConfigError, match="200 samples for 12 readers .* batches of 32: each would get none"):
+        ShardViews(dataset, num_workers=3, batch_size=32)
+    assert len(ShardViews(dataset, num_workers=3, resampled=True, epoch_samples=120))
+    with pytest.raises(sv.ConfigError, match="2 shard\\(s\\) for 12 readers"):  # plain URLs: whole shards
+        ShardViews([str(dataset / "train-000000.tar"), str(dataset / "train-000001.tar")], num_workers=3,
+                   epoch_samples=50)
 
 
 def test_epoch_order_and_view_choice_are_seeded(dataset):
@@ -158,7 +167,7 @@ def test_a_corrupted_shard_is_named_or_skipped_with_a_warning(dataset, tmp_path)
         list(ShardViews(bad, shuffle=0))
     with pytest.warns(UserWarning, match="train-000002.tar"):
         items = list(ShardViews(bad, shuffle=0, on_error="skip"))
-    assert 175 <= len(items) < 200
+    assert len(items) == 200  # the unreadable samples are replaced: every reader yields its full count
 
     data = bytearray((dataset / "train-000001.tar").read_bytes())
     start = data.index(b"\xff\xd8\xff")  # first JPEG in the shard
@@ -297,3 +306,53 @@ def test_the_anchor_twice_gives_two_different_t_x_views(dataset):
         assert not torch.equal(views[0], views[1])
     raw = [views for views, _ in ShardViews(dataset, pairs=[0, 0], shuffle=0)][:2]
     assert all(torch.equal(v[0], v[1]) for v in raw)
+
+
+# --- epoch coverage: samples, not whole shards, are dealt to (rank, worker) slots ------------------
+
+@pytest.fixture(scope="module")
+def ten_shards(tmp_path_factory):
+    """230 samples in 10 shards of 23: whole shards per slot would leave a quarter of them unread."""
+    out = tmp_path_factory.mktemp("ten") / "ds"
+    generate(out, "toy", None, samples=230, views=1, shard_size=23, model_kwargs={"resolution": 8})
+    return out
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
+def test_an_epoch_with_4_workers_reads_all_but_less_than_a_batch_per_worker(ten_shards, monkeypatch):
+    batch, per_slot = 8, {}
+    for worker in range(4):
+        monkeypatch.setenv("WORKER", str(worker))
+        monkeypatch.setenv("NUM_WORKERS", "4")
+        per_slot[worker] = _keys(ShardViews(ten_shards, num_workers=4, batch_size=batch, seed=5))
+    monkeypatch.delenv("WORKER")
+    monkeypatch.delenv("NUM_WORKERS")
+    assert {len(keys) for keys in per_slot.values()} == {56}  # 7 batches each
+    seen = [k for keys in per_slot.values() for k in keys]
+    assert len(set(seen)) == len(seen) >= 230 - 4 * batch
+    dl = loader(ten_shards, batch_size=batch, num_workers=4, seed=5)
+    for epoch in range(2):
+        dl.set_epoch(epoch)
+        indices = torch.cat([index for _, index in dl]).tolist()
+        assert len(dl) == len(indices) // batch == 28
+        assert len(set(indices)) == len(indices) >= 230 - 4 * batch
+    assert sorted(indices) != sorted(seen)  # which few samples wait for the next epoch changes
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
+def test_two_ranks_of_three_workers_yield_equal_batches_covering_the_epoch(ten_shards):
+    batch, seen, lengths = 8, [], []
+    for rank in range(2):
+        dl = loader(ten_shards, batch_size=batch, num_workers=3, rank=rank, world_size=2)
+        batches = [index for _, index in dl]
+        lengths.append((len(dl), len(batches)))
+        seen += torch.cat(batches).tolist()
+    assert lengths == [(12, 12), (12, 12)]  # 3 workers x 4 batches on each rank
+    assert len(set(seen)) == len(seen) >= 230 - 6 * batch
+
+
+def test_a_plain_dataloader_with_workers_works(dataset):
+    """DataLoader(ShardViews(folder), num_workers=2): the worker count is read at iteration time."""
+    dl = torch.utils.data.DataLoader(ShardViews(dataset), batch_size=16, num_workers=2)
+    indices = torch.cat([index for _, index in dl]).tolist()
+    assert sorted(indices) == list(range(200))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Mapping
@@ -27,6 +28,8 @@ from torch import nn
 
 from .. import policies
 from ..device import resolve_device
+from ..checks import (MAX_LATENT_DIM, MAX_NOISE, MAX_WALKER_BYTES, MAX_WEIGHTS_BYTES, Any, Int, List, Map, Obj, Str, brief,
+                      check_int, check_torch_file, finite, check_tensors, error, validate)
 from ..errors import ConfigError
 from ..files import sha256_file, write_atomic
 from ..latents import Streams, sample_prior
@@ -88,17 +91,59 @@ def _save(path: Path, obj: dict) -> None:
     write_atomic(path, buf.getvalue())
 
 
-def _load(path: Path, what: str) -> dict:
+def _load(path: Path, what: str, max_bytes: int = MAX_WALKER_BYTES) -> dict:
+    check_torch_file(path, what, max_bytes)  # a FIFO would hang torch.load; a zip bomb would inflate
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about foreign pickles on stderr: the error says enough
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise ConfigError(f"{what} {path} does not exist") from None
     except Exception as e:  # a truncated file, a pickle with code in it, not a torch file at all
-        raise ConfigError(f"{what} {path} cannot be read as a plain tensor checkpoint: "
-                          f"{' '.join(str(e).split())[:200]}") from None
+        raise error(f"{what} {path} cannot be read as a plain tensor checkpoint: {e}") from None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise ConfigError(f"{what} {path} is not a synthviews walker checkpoint")
     return obj
+
+
+MAX_WEIGHT = 1e4  # trained walkers have weights of order 1
+
+_WALKER_SCHEMA = Obj({
+    "latent_dim": Int(1, MAX_LATENT_DIM),
+    "hidden": Int(1, MAX_LATENT_DIM),
+    "groups": List(List(Any, 2, length=2), 64),
+    "weights": Map(Any, 16),
+})
+
+
+def _check_walker(ckpt: dict, path) -> tuple[int, int, dict[str, int]]:
+    """(latent_dim, hidden, groups) after checking the sizes and the weights' shapes.
+
+    Checked before the Walker is built: its layers are allocated from these
+    sizes, so a 1 KB file saying hidden=10**9 would otherwise take gigabytes.
+    """
+    where = f"walker checkpoint {path}"
+    validate(ckpt, _WALKER_SCHEMA, where)
+    groups = {}
+    for i, (name, size) in enumerate(ckpt["groups"]):
+        Str(100)(name, f"{where}: groups[{i}] name")
+        groups[name] = check_int(size, f"{where}: groups[{i}] size", 1, MAX_LATENT_DIM)
+    if len(groups) != len(ckpt["groups"]) or sum(groups.values()) > MAX_LATENT_DIM:
+        raise error(f"{where}: groups must be distinct with sizes summing to at most {MAX_LATENT_DIM}")
+    d, h, o = ckpt["latent_dim"], ckpt["hidden"], sum(groups.values())
+    expected = {"net.0.weight": (h, d), "net.0.bias": (h,), "net.2.weight": (o, h), "net.2.bias": (o,)}
+    weights = ckpt["weights"]
+    for name, shape in expected.items():
+        t = weights.get(name)
+        if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape or not t.is_floating_point():
+            got = list(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise error(f"{where}: weights {name} must be a float tensor of shape {list(shape)}, got {got}")
+    if set(weights) != set(expected):
+        raise error(f"{where}: weights hold unexpected entries {brief(sorted(map(str, set(weights) - set(expected))))}")
+    check_tensors(weights, where)
+    if max(float(weights[k].abs().max()) if weights[k].numel() else 0.0 for k in expected) > MAX_WEIGHT:
+        raise error(f"{where}: weights over {MAX_WEIGHT:g} in magnitude; their noise would overflow float32")
+    return d, h, groups
 
 
 def save_walker(path: str | Path, walker: Walker, meta: dict) -> None:
@@ -111,11 +156,12 @@ def save_walker(path: str | Path, walker: Walker, meta: dict) -> None:
 def load_walker(path: str | Path) -> tuple[Walker, dict]:
     """(walker, the checkpoint's other entries) from a file written by :func:`save_walker`."""
     ckpt = _load(Path(path), "walker checkpoint")
+    latent_dim, hidden, groups = _check_walker(ckpt, path)
     try:
-        walker = Walker(ckpt["latent_dim"], dict((k, v) for k, v in ckpt["groups"]), ckpt["hidden"])
+        walker = Walker(latent_dim, groups, hidden)
         walker.load_state_dict(ckpt["weights"])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        raise ConfigError(f"walker checkpoint {path} is malformed: {' '.join(str(e).split())[:200]}") from None
+        raise error(f"walker checkpoint {path} is malformed: {e}") from None
     return walker.eval(), {k: v for k, v in ckpt.items() if k != "weights"}
 
 
@@ -235,7 +281,7 @@ def _train_walker(model, groups, out, settings, device, resume, progress) -> dic
 
     state_file = _state_path(out)
     if resume and state_file.exists():
-        saved = _load(state_file, "walker training state")
+        saved = _load(state_file, "walker training state", MAX_WEIGHTS_BYTES)
         if saved.get("run") != same_run or saved.get("groups") != names:
             raise ConfigError(f"{state_file} was written for another model, groups or settings; "
                               "pass resume=False (CLI: --fresh) to start over")
@@ -336,8 +382,11 @@ class WalkerPolicy(Policy):
         seen: dict[str, str] = {}
         for entry in entries:
             rel = entry["path"]
+            if not 0 < len(rel) <= 4096 or "\0" in rel:
+                raise error(f"walker policy: checkpoint path {brief(rel)} must be 1-4096 characters without NUL")
             path = Path(rel) if base is None or Path(rel).is_absolute() else Path(base) / rel
-            digest = sha256_file(path) if path.is_file() else None
+            check_torch_file(path, "walker checkpoint", MAX_WALKER_BYTES)  # before hashing: a FIFO never ends
+            digest = sha256_file(path)
             if entry.get("sha256") is not None and digest is not None and digest != entry["sha256"]:
                 raise ConfigError(f"walker checkpoint {path} has changed since the policy was written "
                                   f"(sha256 {digest[:12]}..., policy says {entry['sha256'][:12]}...)")
@@ -395,8 +444,10 @@ class WalkerPolicy(Policy):
         entries = []
         for item in items:
             entry = {"path": item} if isinstance(item, str) else item
-            if not isinstance(entry, Mapping) or not isinstance(entry.get("path"), str) or set(entry) - {"path", "sha256"}:
-                raise ConfigError(f"walker policy: each entry is a path or {{path: ..., sha256: ...}}, got {item!r}")
+            if (not isinstance(entry, Mapping) or not isinstance(entry.get("path"), str) or set(entry) - {"path", "sha256"}
+                    or not (entry.get("sha256") is None or isinstance(entry["sha256"], str) and len(entry["sha256"]) == 64)):
+                raise error(f"walker policy: each entry is a path or {{path: ..., sha256: 64 hex digits}}, "
+                            f"got {brief(item)}")
             entries.append(dict(entry))
         scale = _check_scale(d.get("scale", 1.0))  # before loading any checkpoint: cheap errors first
         return cls(entries, base if base is not None else policies.policy_file_dir(), scale)
@@ -405,10 +456,11 @@ class WalkerPolicy(Policy):
 def _check_scale(scale) -> tuple[float, float]:
     """``scale`` as (lo, hi): a number s is (s, s); a pair [lo, hi] needs 0 <= lo <= hi, hi > 0."""
     pair = list(scale) if isinstance(scale, (list, tuple)) else [scale, scale]
-    if (len(pair) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-                                  for v in pair) or not 0 <= pair[0] <= pair[1] or pair[1] <= 0):
-        raise ConfigError(f"walker policy: scale must be a number > 0 or a range [lo, hi] with 0 <= lo <= hi, "
-                          f"got {scale!r}")
+    if (len(pair) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and finite(v)
+                                  for v in pair) or not 0 <= pair[0] <= pair[1] or pair[1] <= 0
+            or pair[1] > MAX_NOISE):
+        raise error(f"walker policy: scale must be a number in (0, {MAX_NOISE:g}] or a range [lo, hi] with "
+                    f"0 <= lo <= hi <= {MAX_NOISE:g}, got {brief(scale)}")
     return float(pair[0]), float(pair[1])
 
 

@@ -20,8 +20,8 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-import webdataset as wds
 
+from ..distributed import training_ranks, worker_slot
 from ..errors import ConfigError
 from ..latents import Streams
 from ..views import ViewSampler
@@ -80,6 +80,7 @@ class ContinuousViews(torch.utils.data.IterableDataset):
         self.real, self.real_ratio = real, float(real_ratio)
         self.streams = Streams(seed)
         self.epoch, self._start, self._consumed = 0, 0, 0
+        training_ranks()  # a bad RANK/WORLD_SIZE fails here, in one line
 
     # --- epochs and resume --------------------------------------------------
 
@@ -101,13 +102,14 @@ class ContinuousViews(torch.utils.data.IterableDataset):
 
     def __len__(self) -> int:
         """Batches this rank yields per epoch."""
-        _, world, _, _ = wds.utils.pytorch_worker_info()
+        _, world = training_ranks()
         return self._batches_per_rank(world)
 
     # --- generation ------------------------------------------------------------
 
     def __iter__(self):
-        rank, world, worker, workers = wds.utils.pytorch_worker_info()
+        rank, world = training_ranks()
+        worker, workers = worker_slot()
         per_rank = self._batches_per_rank(world)
         first = self._start + worker  # DataLoader asks workers 0, 1, ... in turn: batches stay in order
         self._consumed = 0

@@ -1,33 +1,40 @@
 """ShardViews: a synthviews dataset (folder, shard URLs or Hub repo) as an IterableDataset.
 
-Built from webdataset's stages: shard list -> split_by_node -> split_by_worker
--> tarfile_to_samples -> shuffle -> slice -> map(decode the chosen views).
-Every (rank, worker) slot reads whole shards and yields the same number of
-samples, so every rank has the same number of batches (no DDP hang).
+With a manifest, samples (not whole shards) are dealt to the (rank, worker)
+slots: each epoch the shards are put in a seeded order and rotated, and slot
+s takes a contiguous range of that sample order, so an epoch covers all
+samples but less than one batch per slot, and every slot yields the same
+number of samples (no DDP hang). A slot reads the shards its range overlaps,
+checks each against its manifest record while streaming (count, keys,
+fields; see :func:`synthviews.tarshards.checked_samples`), shuffles in a
+seeded buffer and decodes its samples. Without a manifest (plain shard URLs)
+slots read whole shards through webdataset's stages, unchecked.
 """
 
 from __future__ import annotations
 
+import bisect
 import io
+import itertools
 import json
+import random
 import warnings
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 import webdataset as wds
+from PIL import Image
 
+from ..distributed import training_ranks, worker_slot
 from ..errors import ConfigError
-from ..images import decode_image
+from ..images import stored_channels
 from ..latents import Streams
 from ..manifest import MANIFEST_NAME
+from ..tarshards import ShardError, checked_samples
 from .augment import Augment, make_augment
 from .formats import ViewChoice, check_output, format_item
-
-
-class ShardError(ConfigError):
-    """A shard cannot be read or a sample in it does not decode; the message names the shard."""
 
 
 def _manifest_split(manifest: dict, split: str, where: str) -> dict:
@@ -39,12 +46,8 @@ def _manifest_split(manifest: dict, split: str, where: str) -> dict:
     return entry
 
 
-def resolve_source(source, split: str = "train") -> tuple[list[str], list[int] | None, dict | None]:
-    """Shard URLs, their sample counts (if a manifest says) and the split's config.
-
-    ``source``: a dataset folder, ``hf://datasets/USER/NAME`` (read through
-    huggingface_hub), a brace pattern / single shard URL, or a list of URLs.
-    """
+def _resolve(source, split: str) -> tuple[list[str], list[dict] | None, dict | None]:
+    """Shard URLs, their manifest records (if there is a manifest) and the split's config."""
     if isinstance(source, (list, tuple)):
         return [str(u) for u in source], None, None
     text = str(source)
@@ -58,8 +61,7 @@ def resolve_source(source, split: str = "train") -> tuple[list[str], list[int] |
         except (OSError, ValueError) as e:
             raise ConfigError(f"cannot read {MANIFEST_NAME} of {text}: {e}") from None
         entry = _manifest_split(manifest, split, text)
-        return ([f"hf://{root}/{r['name']}" for r in entry["shards"]], [r["count"] for r in entry["shards"]],
-                entry["config"])
+        return [f"hf://{root}/{r['name']}" for r in entry["shards"]], entry["shards"], entry["config"]
     path = Path(text)
     if path.is_dir():
         if not (path / MANIFEST_NAME).is_file():
@@ -68,20 +70,21 @@ def resolve_source(source, split: str = "train") -> tuple[list[str], list[int] |
         from ..manifest import read_manifest
 
         entry = _manifest_split(read_manifest(path), split, str(path))
-        return [str(path / r["name"]) for r in entry["shards"]], [r["count"] for r in entry["shards"]], entry["config"]
+        return [str(path / r["name"]) for r in entry["shards"]], entry["shards"], entry["config"]
     urls = wds.shardlists.expand_urls(text)
     if not urls:
         raise ConfigError(f"no shards match {text!r}")
     return urls, None, None
 
 
-def slot_quota(counts: list[int], slots: int) -> int:
-    """Samples every (rank, worker) slot yields per epoch: what the poorest slot surely has.
+def resolve_source(source, split: str = "train") -> tuple[list[str], list[int] | None, dict | None]:
+    """Shard URLs, their sample counts (if a manifest says) and the split's config.
 
-    Slots take every ``slots``-th shard of a per-epoch permutation, so the
-    poorest slot holds at least the ``len(counts) // slots`` smallest shards.
+    ``source``: a dataset folder, ``hf://datasets/USER/NAME`` (read through
+    huggingface_hub), a brace pattern / single shard URL, or a list of URLs.
     """
-    return sum(sorted(counts)[: len(counts) // slots])
+    urls, records, config = _resolve(source, split)
+    return urls, None if records is None else [r["count"] for r in records], config
 
 
 class ShardViews(torch.utils.data.IterableDataset):
@@ -100,14 +103,22 @@ class ShardViews(torch.utils.data.IterableDataset):
     - ``t_x``: an augmentation preset name (``simclr``, ``no_color``, ``no_crop``, ``none``),
       an ``Augment`` (both seeded per sample and epoch) or any callable on a (C, H, W)
       float tensor; views are float in [0, 1] before it.
-    - ``shuffle``: shuffle-buffer size (0: read in order); shard order is also shuffled
-      per epoch. ``seed`` fixes both. Call :meth:`set_epoch` before each epoch.
+    - ``shuffle``: shuffle-buffer size (0: read in order); the sample order is also shuffled
+      (shards) and rotated per epoch. ``seed`` fixes both. Call :meth:`set_epoch` before each epoch.
     - ``resampled``: sample shards with replacement forever; each slot yields
       ``epoch_samples / slots`` samples per "epoch".
-    - ``on_error``: ``"raise"`` (a :class:`ShardError` naming the shard) or ``"skip"``
-      (warn with the shard name and go on; a slot may then yield fewer samples).
-    - ``num_workers``: the DataLoader's worker count (it sets the per-slot quota and
-      ``__len__``); ``batch_size``: round each slot's quota down to whole batches.
+    - ``verify``: ``None`` (every shard's sample count, keys, fields and bytes are checked while
+      reading, and each decoded view's size and channels and each json's index) or ``"sha256"``
+      (also hash every shard as it streams: catches a flipped byte that still decodes, or one in
+      a view this epoch does not decode; the mismatch is known at the shard's end).
+    - ``on_error``: ``"raise"`` (a :class:`ShardError` naming the shard and sample) or ``"skip"``
+      (warn and go on; with a manifest, skipped samples are replaced by the next readable
+      ones of the epoch's order, so every slot still yields its full count).
+    - ``num_workers``: the DataLoader's worker count, for ``__len__`` only (iteration reads the
+      real one); ``batch_size``: round each slot's share down to whole batches.
+      :func:`synthviews.data.loader` passes both, so its ``len()`` is exact.
+    - ``rank`` / ``world_size``: this reader's rank (default: torch.distributed, else the
+      checked ``RANK``/``WORLD_SIZE`` environment, else a single process).
     - ``return_meta`` / ``return_latents``: add ``json`` / ``latents`` to ``dict`` items.
     """
 
@@ -115,17 +126,25 @@ class ShardViews(torch.utils.data.IterableDataset):
                  output: str = "tuple", t_x: str | Callable | None = None, shuffle: int = 1000, seed: int = 0,
                  resampled: bool = False, epoch_samples: int | None = None, on_error: str = "raise",
                  num_workers: int = 0, batch_size: int | None = None, split: str = "train",
-                 return_meta: bool = False, return_latents: bool = False, t_x_size: int = 112, views=None):
+                 return_meta: bool = False, return_latents: bool = False, t_x_size: int = 112, views=None,
+                 verify: str | None = None, rank: int | None = None, world_size: int | None = None):
         super().__init__()
-        self.urls, self.counts, self.config = resolve_source(source, split)
+        self.urls, self.records, self.config = _resolve(source, split)
+        self.counts = None if self.records is None else [int(r["count"]) for r in self.records]
         if views is not None:
             k = f"K={self.config['views']} here" if self.config is not None else "K is fixed when it is generated"
             raise ConfigError(f"ShardViews got views={views!r}: views means K, positives per anchor, which the "
                               f"dataset fixes ({k}); for {views!r} images per item pass crops={views!r}")
         self.choice = ViewChoice(pairs, crops, seed)
         self.channels = None if self.config is None else self.config["image"]["shape"][0]
+        self.view_names = self.fields = self.stored_hwc = None
         if self.config is not None:
             self.choice.check_stored(self.config["views"] + 1)
+            fmt, (c, h, w) = self.config["image"]["format"], self.config["image"]["shape"]
+            self.view_names = [f"view{v}.{fmt}" for v in range(self.config["views"] + 1)]
+            self.fields = set(self.view_names) | {"json"} | ({"latents.npy"} if self.config.get("save_latents")
+                                                             else set())
+            self.stored_hwc = (h, w, stored_channels(fmt, c))
         self.output = check_output(output)
         if (return_meta or return_latents) and output != "dict":
             raise ConfigError("return_meta/return_latents need output='dict'")
@@ -133,61 +152,184 @@ class ShardViews(torch.utils.data.IterableDataset):
             raise ConfigError("this dataset was generated without --save-latents; it has no latents to return")
         if on_error not in ("raise", "skip"):
             raise ConfigError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        if verify not in (None, "sha256"):
+            raise ConfigError(f"verify must be None or 'sha256', got {verify!r}")
+        if verify and self.records is None:
+            raise ConfigError("verify='sha256' needs a synthviews manifest (a dataset folder or hf:// repo)")
         if self.counts is None and epoch_samples is None:
             raise ConfigError("shard URLs without a synthviews manifest: give epoch_samples (samples per epoch)")
         self.t_x = _make_t_x(t_x, t_x_size)
         self.shuffle, self.seed, self.resampled, self.on_error = int(shuffle), int(seed), bool(resampled), on_error
         self.epoch_samples, self.num_workers, self.batch_size = epoch_samples, int(num_workers), batch_size
-        self.return_meta, self.return_latents = return_meta, return_latents
+        self.return_meta, self.return_latents, self.verify = return_meta, return_latents, verify
         self.epoch = 0
-        rank, world, _, _ = wds.utils.pytorch_worker_info()
-        self._check_slots(world * max(1, self.num_workers))
+        self._ranks = (rank, world_size)
+        _, world = training_ranks(rank, world_size)  # a bad RANK/WORLD_SIZE fails here, in one line
+        self._check_quota(world * max(1, self.num_workers))
 
     def set_epoch(self, epoch: int) -> None:
-        """Reshuffle shards and buffer and redraw the view choice for ``epoch`` (call before iterating)."""
+        """Reshuffle the sample order and buffer and redraw the view choice for ``epoch`` (call before iterating)."""
         self.epoch = int(epoch)
 
-    def _check_slots(self, slots: int) -> None:
-        if not self.resampled and len(self.urls) < slots:
-            raise ConfigError(f"{len(self.urls)} shard(s) for {slots} readers (ranks x workers): some would get "
-                              f"no data; use fewer DataLoader workers, more shards (a smaller --shard-size) or "
-                              f"resampled=True")
-
     def _quota(self, slots: int) -> int:
-        if self.resampled or self.counts is None:
-            total = self.epoch_samples if self.epoch_samples is not None else sum(self.counts)
-            quota = total // slots
-        else:
-            quota = slot_quota(self.counts, slots)
+        """Samples every (rank, worker) slot yields per epoch."""
+        if self.records is not None and not self.resampled:
+            quota = sum(self.counts) // slots
             if self.epoch_samples is not None:
                 quota = min(quota, self.epoch_samples // slots)
+        else:
+            total = self.epoch_samples if self.epoch_samples is not None else sum(self.counts)
+            quota = total // slots
         if self.batch_size:
             quota -= quota % self.batch_size
         return quota
 
+    def _check_quota(self, slots: int) -> int:
+        if self.records is None and not self.resampled and len(self.urls) < slots:
+            raise ConfigError(f"{len(self.urls)} shard(s) for {slots} readers (ranks x workers): some would get "
+                              f"no data; use fewer DataLoader workers, more shards (a smaller --shard-size) or "
+                              f"resampled=True")
+        quota = self._quota(slots)
+        if quota < 1:
+            total = sum(self.counts) if self.epoch_samples is None else self.epoch_samples
+            batch = f" in whole batches of {self.batch_size}" if self.batch_size else ""
+            raise ConfigError(f"{total} samples for {slots} readers (ranks x workers){batch}: each would get none; "
+                              f"use fewer DataLoader workers or ranks, or a smaller batch_size")
+        return quota
+
     def __len__(self) -> int:
-        """Samples this rank yields per epoch (all its workers together)."""
-        _, world, _, _ = wds.utils.pytorch_worker_info()
+        """Samples this rank yields per epoch (all its workers together), for ``num_workers`` workers."""
+        _, world = training_ranks(*self._ranks)
         workers = max(1, self.num_workers)
         return self._quota(world * workers) * workers
 
     def __iter__(self):
-        rank, world, worker, workers = wds.utils.pytorch_worker_info()
-        if workers != max(1, self.num_workers):
-            raise ConfigError(f"ShardViews was built for num_workers={self.num_workers} but runs in {workers} "
-                              f"DataLoader workers; pass the same num_workers to both (synthviews.data.loader does)")
+        rank, world = training_ranks(*self._ranks)
+        worker, workers = worker_slot()  # the DataLoader's real worker count, whatever num_workers said
         slots = world * workers
-        self._check_slots(slots)
-        buffer_seed = int(Streams(self.seed).keys([rank * workers + worker], self.epoch, "*", "shuffle")[0])
+        quota = self._check_quota(slots)
+        if self.records is None:
+            return self._iter_urls(rank * workers + worker, slots, quota)
+        return self._iter_checked(rank * workers + worker, slots, quota)
+
+    # --- with a manifest: samples dealt to slots, every shard checked --------------
+
+    def _epoch_order(self) -> tuple[list[int], int]:
+        """This epoch's shard order and the rotation of the sample order (both seeded; none if shuffle=0)."""
+        if not self.shuffle:
+            return list(range(len(self.records))), 0
+        rng = np.random.default_rng(int(Streams(self.seed).keys([0], self.epoch, "*", "shard-order")[0]))
+        return [int(k) for k in rng.permutation(len(self.records))], int(rng.integers(sum(self.counts)))
+
+    def _segments(self, order: list[int], a: int, b: int) -> Iterator[tuple[int, int, int]]:
+        """``(shard, lo, hi)`` pieces of positions ``[a, b)`` of the sample order (wrapping around)."""
+        counts = [self.counts[k] for k in order]
+        starts = list(itertools.accumulate(counts, initial=0))
+        pos = a
+        while pos < b:
+            p = pos % starts[-1]
+            j = bisect.bisect_right(starts, p) - 1
+            lo = p - starts[j]
+            take = min(counts[j] - lo, b - pos)
+            yield order[j], lo, lo + take
+            pos += take
+
+    def _resampled_segments(self, slot: int) -> Iterator[tuple[int, int, int]]:
+        rng = random.Random(int(Streams(self.seed).keys([slot], self.epoch, "*", "resample")[0]))
+        while True:
+            k = rng.randrange(len(self.records))
+            yield k, 0, self.counts[k]
+
+    def _read(self, segments) -> Iterator[dict]:
+        """Raw samples of ``segments``, each shard checked against its record while it streams."""
+        empty = 0  # shards in a row that gave nothing: with on_error="skip", a dataset with no readable shard
+        for k, lo, hi in segments:
+            record, url = self.records[k], self.urls[k]
+            name, got = record["name"], 0
+            if empty > 2 * len(self.records) + 10:
+                raise ShardError(f"no readable sample in the last {empty} shards read (the last: {name}); "
+                                 f"run `synthviews verify` on the dataset")
+            try:
+                try:
+                    stream = wds.gopen(url)
+                except Exception as e:  # noqa: BLE001 (gopen raises what the backend raises)
+                    raise ShardError(f"shard {name}: cannot open {url} ({type(e).__name__}: {e})") from None
+                try:
+                    for _, key, fields in checked_samples(
+                            stream, name, int(record["first_index"]), int(record["count"]), self.fields,
+                            record.get("bytes"), record.get("sha256") if self.verify else None, lo, hi):
+                        got += 1
+                        yield {"__key__": key, "__shard__": name, **fields}
+                finally:
+                    stream.close()
+            except ShardError as e:
+                self._fail(e)
+            empty = 0 if got else empty + 1
+
+    def _iter_checked(self, slot: int, slots: int, quota: int):
+        total = sum(self.counts)
+        if self.resampled:
+            primary = self._read(self._resampled_segments(slot))
+        else:
+            order, start = self._epoch_order()
+            a = start + slot * quota
+            primary = self._read(self._segments(order, a, a + quota))
+        if self.shuffle > 1:
+            seed = int(Streams(self.seed).keys([slot], self.epoch, "*", "shuffle")[0])
+            primary = wds.filters._shuffle(primary, self.shuffle, initial=min(self.shuffle, 100), seed=seed)
+        n = 0
+        for sample in primary:  # pulled once more after the last item: the last shard's end checks run then
+            if n == quota:
+                break
+            item = self._safe_item(sample)
+            if item is not None:
+                n += 1
+                yield item
+        replaced, lap = 0, 0
+        while n < quota:  # on_error="skip" only: fill up with the next readable samples of the order, in laps
+            found = 0
+            for sample in self._read(self._segments(order, a + quota + lap * total, a + quota + (lap + 1) * total)):
+                item = self._safe_item(sample)
+                if item is not None:
+                    n, replaced, found = n + 1, replaced + 1, found + 1
+                    yield item
+                    if n == quota:
+                        break
+            if not found:
+                raise ShardError(f"reader {slot} of {slots}: no sample of the dataset is readable; "
+                                 f"run `synthviews verify` on it")
+            lap += 1
+        if replaced:
+            warnings.warn(f"reader {slot} of {slots}: replaced {replaced} unreadable sample(s) with the next "
+                          f"readable ones of this epoch's order", stacklevel=2)
+
+    def _fail(self, exn: ShardError) -> None:
+        if self.on_error == "raise":
+            raise exn
+        warnings.warn(f"skipping: {exn}", stacklevel=2)
+
+    def _safe_item(self, sample: dict):
+        try:
+            return self._item(sample)
+        except ShardError as e:
+            self._fail(e)
+            return None
+
+    # --- without a manifest: whole shards through webdataset, as before ------------
+
+    def _iter_urls(self, slot: int, slots: int, quota: int):
         if self.resampled:
             stages = [wds.ResampledShards(self.urls, seed=self.seed * 1_000_003 + self.epoch, deterministic=True)]
         else:
-            order_seed = int(Streams(self.seed).keys([0], self.epoch, "*", "shard-order")[0]) if self.shuffle else None
-            stages = [wds.SimpleShardList(self.urls, seed=order_seed), wds.split_by_node, wds.split_by_worker]
+            urls = list(self.urls)
+            if self.shuffle:
+                random.Random(int(Streams(self.seed).keys([0], self.epoch, "*", "shard-order")[0])).shuffle(urls)
+            stages = [wds.SimpleShardList(urls[slot::slots])]
         stages.append(wds.tarfile_to_samples(handler=self._handle))
         if self.shuffle > 1:
-            stages.append(wds.shuffle(self.shuffle, initial=min(self.shuffle, 100), seed=buffer_seed))
-        stages += [wds.slice(self._quota(slots)), wds.map(self._item, handler=self._handle)]
+            seed = int(Streams(self.seed).keys([slot], self.epoch, "*", "shuffle")[0])
+            stages.append(wds.shuffle(self.shuffle, initial=min(self.shuffle, 100), seed=seed))
+        stages += [wds.slice(quota), wds.map(self._item, handler=self._handle)]
         return iter(wds.DataPipeline(*stages))
 
     def _handle(self, exn: BaseException) -> bool:
@@ -195,36 +337,81 @@ class ShardViews(torch.utils.data.IterableDataset):
         if not isinstance(exn, ShardError):
             url = next((a for a in reversed(exn.args) if isinstance(a, str) and ".tar" in a), None)
             exn = ShardError(f"cannot read shard {url or '?'}: {str(exn.args[0]) if exn.args else exn!r}")
-        if self.on_error == "raise":
-            raise exn
-        warnings.warn(f"skipping: {exn}", stacklevel=2)
+        self._fail(exn)
         return True
 
+    # --- one sample -------------------------------------------------------------
+
+    def _stored(self, sample: dict, where: str) -> list[str]:
+        """The stored views' field names in order; without a manifest they must be view0..viewN."""
+        if self.view_names is not None:
+            return self.view_names
+        found = {int(f[4:].split(".")[0]): f for f in sample if f.startswith("view") and f[4:].split(".")[0].isdigit()}
+        if sorted(found) != list(range(len(found))) or not found:
+            raise ShardError(f"{where}: stored views {sorted(found)} are not view0..viewN (a view is missing)")
+        return [found[v] for v in range(len(found))]
+
     def _item(self, sample: dict):
-        key, url = sample["__key__"], sample.get("__url__", "?")
+        key = sample["__key__"]
+        shard = sample.get("__shard__") or str(sample.get("__url__", "?")).rsplit("/", 1)[-1]
+        where = f"shard {shard}: sample {key}"
         try:
             index = int(key)
-            stored = sorted((f for f in sample if f.startswith("view")), key=lambda f: int(f[4:].split(".")[0]))
+            stored = self._stored(sample, where)
             chosen = self.choice(index, self.epoch, len(stored))
-            views = [self._view(sample[stored[v]], index, v, slot) for slot, v in enumerate(chosen)]
+            images = [self._decode(sample[stored[v]], stored[v]) for v in chosen]
             extra = {}
-            if self.return_meta:
-                extra["json"] = json.loads(sample["json"])
+            if self.config is not None or self.return_meta:
+                try:
+                    meta = json.loads(sample["json"])
+                except ValueError as e:
+                    raise ValueError(f"json does not parse ({type(e).__name__}: {e})") from None
+                if self.config is not None and meta.get("index") != index:
+                    raise ValueError(f"its json says index {meta.get('index')!r}")
+                if self.return_meta:
+                    extra["json"] = meta
             if self.return_latents:
                 extra["latents"] = torch.from_numpy(np.load(io.BytesIO(sample["latents.npy"]), allow_pickle=False))
-        except (KeyError, IndexError, ValueError, OSError) as e:
-            raise ShardError(f"shard {url}: sample {key} is unusable ({type(e).__name__}: {e})") from None
+        except ShardError:
+            raise
+        except Exception as e:  # noqa: BLE001 (PIL, json and numpy raise many types for corrupt bytes)
+            reason = str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
+            raise ShardError(f"{where} is unusable ({reason})") from None
+        views = [self._view(x, index, v, slot) for slot, (v, x) in enumerate(zip(chosen, images))]
         return format_item(self.output, views, index, key, extra)
 
-    def _view(self, data: bytes, index: int, view: int, slot: int) -> torch.Tensor:
-        """Stored view ``view`` decoded, then T_x seeded by (index, epoch, view, slot): ``pairs=[0, 0]``
+    def _decode(self, data: bytes, name: str) -> np.ndarray:
+        """Stored view bytes -> (H, W, C) uint8 with the manifest's channels, after checking the stored
+        size and channels against the manifest (as :func:`synthviews.images.decode_image`, in one open)."""
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                shape = (im.height, im.width, len(im.getbands()))
+                if self.stored_hwc is not None and shape != self.stored_hwc:
+                    h, w, c = self.stored_hwc
+                    raise _Mismatch(f"{name} is {shape[1]}x{shape[0]} with {shape[2]} channels, the manifest says "
+                                    f"{w}x{h} with {c}")
+                mode = {1: "L", 3: "RGB"}.get(self.channels) or ("L" if im.mode == "L" else "RGB")
+                array = np.asarray(im if im.mode == mode else im.convert(mode))
+        except _Mismatch:
+            raise
+        except Image.UnidentifiedImageError:
+            raise ValueError(f"{name} is not a readable image (damaged header)") from None
+        except Exception as e:  # noqa: BLE001 (PIL raises many types for corrupt data)
+            raise ValueError(f"{name} does not decode ({type(e).__name__}: {e})") from None
+        return array[..., None] if array.ndim == 2 else array
+
+    def _view(self, array: np.ndarray, index: int, view: int, slot: int) -> torch.Tensor:
+        """A decoded stored view ``view``, then T_x seeded by (index, epoch, view, slot): ``pairs=[0, 0]``
         gives two different T_x views of the anchor (the baseline with synthetic anchors only)."""
-        array = decode_image(data, self.channels)  # the manifest's channels (grey WebP is stored as RGB)
         x = torch.from_numpy(array.copy()).float().div_(255).permute(2, 0, 1)  # (C, H, W)
         if self.t_x is None:
             return x
         seed = int(Streams(self.seed).keys([index], self.epoch, f"view{view}/{slot}", "t_x")[0] >> np.uint64(1))
         return self.t_x(x, seed)
+
+
+class _Mismatch(ValueError):
+    """A stored view of another size or channel count than the manifest declares."""
 
 
 def _make_t_x(t_x, size: int):
@@ -239,4 +426,4 @@ def _make_t_x(t_x, size: int):
     raise ConfigError(f"t_x must be a preset name or a callable, got {type(t_x).__name__}")
 
 
-__all__ = ["ShardViews", "ShardError", "resolve_source", "slot_quota"]
+__all__ = ["ShardViews", "ShardError", "resolve_source"]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import pickle
+import warnings
 from pathlib import Path
 from typing import Mapping
 
@@ -30,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checks import MAX_WEIGHTS_BYTES, brief, check_tensors, check_torch_file, error
 from ..device import amp_context, resolve_device
 from ..errors import ConfigError
 from ..files import sha256_file
@@ -223,8 +225,10 @@ class BigBiGAN(ChunkedLatents, MLVGM):
         super().__init__()
         device = torch.device("cpu") if device is None else resolve_device(device)
         amp_context(device, amp)  # validates amp for this device
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ConfigError(f"bigbigan: seed must be a non-negative integer, got {seed!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+            raise ConfigError(f"bigbigan: seed must be an integer in [0, 2**63), got {brief(seed)}")
+        if config is not None and not isinstance(config, Mapping):
+            raise ConfigError(f"bigbigan: config must be a mapping of sizes, got {brief(config)}")
         if path is not None and weights is not None:
             raise ConfigError("bigbigan: give either path= (a file) or weights= (a state dict), not both")
         if random_weights not in (True, False):
@@ -348,8 +352,10 @@ def _resolve_config(overrides: Mapping) -> dict:
         raise ConfigError(f"bigbigan: unknown config key(s) {', '.join(unknown)}; known: {', '.join(DEFAULT_CONFIG)}")
     cfg = {**DEFAULT_CONFIG, **overrides}
     for key, value in cfg.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < (0 if key == "class_index" else 1):
-            raise ConfigError(f"bigbigan: config {key} must be a positive integer, got {value!r}")
+        lo, hi = (0, MAX_CONFIG["n_classes"] - 1) if key == "class_index" else (1, MAX_CONFIG[key])
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            kind = "an integer >= 0" if lo == 0 else "a positive integer"
+            raise ConfigError(f"bigbigan: config {key} must be {kind} up to {hi:,}, got {brief(value)}")
     if cfg["resolution"] != 128:
         raise ConfigError(f"bigbigan: only the 128 px architecture is implemented, got resolution {cfg['resolution']}")
     if cfg["ch"] % 4:
@@ -359,6 +365,11 @@ def _resolve_config(overrides: Mapping) -> dict:
     if cfg["class_index"] >= cfg["n_classes"]:
         raise ConfigError(f"bigbigan: class_index {cfg['class_index']} is not below n_classes {cfg['n_classes']}")
     return cfg
+
+
+# Upper bounds: the real model (ch 96, dim_z 120, 1000 classes, shared_dim 128) fits; the model is
+# allocated from these sizes before the weights are compared, so they bound what a file can ask for.
+MAX_CONFIG = {"resolution": 1 << 16, "ch": 128, "dim_z": 1200, "n_classes": 10_000, "shared_dim": 1024}
 
 
 def _sizes_from_state_dict(sd: Mapping[str, torch.Tensor]) -> dict:
@@ -388,13 +399,16 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"model file {path} does not exist (or is not a file)")
+    check_torch_file(path, "model file", MAX_WEIGHTS_BYTES)  # also refuses a FIFO or device: no hang
     sha256 = sha256_file(path)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
             sd = load_file(str(path))
         else:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch's warnings about foreign pickles: the error says enough
+                warnings.simplefilter("ignore")
+                sd = torch.load(path, map_location="cpu", weights_only=True)
     except ImportError:
         raise ConfigError(f"{path}: reading .safetensors needs the 'safetensors' package (pip install safetensors)") from None
     except Exception as e:  # noqa: BLE001 - any failure here means a bad file
@@ -405,8 +419,10 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
             raise ConfigError(
                 f"{path} holds Python objects, not just tensors; synthviews never runs code from a model file. "
                 "Re-save the generator with torch.save(model.state_dict(), path)") from None
-        raise ConfigError(f"{path} cannot be read as a weights file (truncated or not a checkpoint?): {reason}") from None
-    return flat_state_dict(sd, str(path)), sha256
+        raise error(f"{path} cannot be read as a weights file (truncated or not a checkpoint?): {reason}") from None
+    sd = flat_state_dict(sd, str(path))
+    check_tensors(sd, str(path))
+    return sd, sha256
 
 
 def flat_state_dict(sd, what: str) -> dict[str, torch.Tensor]:

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checks import brief, finite
 from ..errors import ConfigError
 from ..files import sha256_file
 from ..latents import LatentGroup, TruncatedNormal
@@ -46,15 +47,15 @@ _SYNTHESIS_DEFAULTS = {
 _IGNORED_SYNTHESIS = {"fp16_channels_last", "channels_last"}
 
 
-def _positive_int(what: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"StyleGAN2 config: {what} must be a positive integer, got {value!r}")
+def _positive_int(what: str, value, limit: int = 1 << 31) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+        raise ConfigError(f"StyleGAN2 config: {what} must be a positive integer up to {limit:,}, got {brief(value)}")
     return value
 
 
 def _positive_number(what: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
-        raise ConfigError(f"StyleGAN2 config: {what} must be a positive number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not finite(value) or not 0 < value <= 1e6:
+        raise ConfigError(f"StyleGAN2 config: {what} must be a positive number up to 1e6, got {brief(value)}")
     return value
 
 
@@ -77,14 +78,14 @@ def generator_config(kwargs: Mapping) -> dict:
         if key not in kwargs:
             raise ConfigError(f"StyleGAN2 config: missing {key!r}")
     cfg = {
-        "z_dim": _positive_int("z_dim", kwargs["z_dim"]),
+        "z_dim": _positive_int("z_dim", kwargs["z_dim"], MAX_DIM),
         "c_dim": kwargs.get("c_dim", 0),
-        "w_dim": _positive_int("w_dim", kwargs["w_dim"]),
-        "img_resolution": _positive_int("img_resolution", kwargs["img_resolution"]),
-        "img_channels": _positive_int("img_channels", kwargs.get("img_channels", 3)),
+        "w_dim": _positive_int("w_dim", kwargs["w_dim"], MAX_DIM),
+        "img_resolution": _positive_int("img_resolution", kwargs["img_resolution"], MAX_RESOLUTION),
+        "img_channels": _positive_int("img_channels", kwargs.get("img_channels", 3), 4),
     }
     if cfg["c_dim"] != 0:
-        raise ConfigError(f"StyleGAN2 config: conditional generators (c_dim={cfg['c_dim']!r}) are not supported; c_dim must be 0")
+        raise ConfigError(f"StyleGAN2 config: conditional generators (c_dim={brief(cfg['c_dim'])}) are not supported; c_dim must be 0")
     res = cfg["img_resolution"]
     if res < 4 or res & (res - 1):
         raise ConfigError(f"StyleGAN2 config: img_resolution must be a power of two >= 4, got {res}")
@@ -102,18 +103,19 @@ def generator_config(kwargs: Mapping) -> dict:
     m = {k: mk.get(k, v) for k, v in _MAPPING_DEFAULTS.items()}
     s = {k: sk.get(k, v) for k, v in _SYNTHESIS_DEFAULTS.items()}
 
-    _positive_int("mapping_kwargs.num_layers", m["num_layers"])
+    _positive_int("mapping_kwargs.num_layers", m["num_layers"], 32)
     if m["layer_features"] is not None:
-        _positive_int("mapping_kwargs.layer_features", m["layer_features"])
+        _positive_int("mapping_kwargs.layer_features", m["layer_features"], MAX_DIM)
     _positive_number("mapping_kwargs.lr_multiplier", m["lr_multiplier"])
-    _positive_int("synthesis_kwargs.channel_base", s["channel_base"])
-    _positive_int("synthesis_kwargs.channel_max", s["channel_max"])
-    if isinstance(s["num_fp16_res"], bool) or not isinstance(s["num_fp16_res"], int) or s["num_fp16_res"] < 0:
-        raise ConfigError(f"StyleGAN2 config: synthesis_kwargs.num_fp16_res must be an integer >= 0, got {s['num_fp16_res']!r}")
+    _positive_int("synthesis_kwargs.channel_base", s["channel_base"], 1 << 20)
+    _positive_int("synthesis_kwargs.channel_max", s["channel_max"], MAX_DIM)
+    if (isinstance(s["num_fp16_res"], bool) or not isinstance(s["num_fp16_res"], int)
+            or not 0 <= s["num_fp16_res"] <= 16):
+        raise ConfigError(f"StyleGAN2 config: synthesis_kwargs.num_fp16_res must be an integer in [0, 16], got {brief(s['num_fp16_res'])}")
     if s["conv_clamp"] is not None:
         _positive_number("synthesis_kwargs.conv_clamp", s["conv_clamp"])
     if not isinstance(s["use_noise"], bool):
-        raise ConfigError(f"StyleGAN2 config: synthesis_kwargs.use_noise must be true or false, got {s['use_noise']!r}")
+        raise ConfigError(f"StyleGAN2 config: synthesis_kwargs.use_noise must be true or false, got {brief(s['use_noise'])}")
     s["resample_filter"] = list(s["resample_filter"]) if isinstance(s["resample_filter"], (list, tuple)) else s["resample_filter"]
     unsupported = [
         ("mapping_kwargs.activation", m["activation"], "lrelu"),
@@ -123,8 +125,36 @@ def generator_config(kwargs: Mapping) -> dict:
     ]
     for what, value, supported in unsupported:
         if value != supported:
-            raise ConfigError(f"StyleGAN2 config: {what}={value!r} is not supported (only {supported!r}, as in config-f)")
+            raise ConfigError(f"StyleGAN2 config: {what}={brief(value)} is not supported (only {supported!r}, as in config-f)")
+    n = _parameter_count(cfg, m, s)
+    if n > MAX_PARAMETERS:
+        raise ConfigError(f"StyleGAN2 config: the generator would have {n:,} parameters, over the limit of "
+                          f"{MAX_PARAMETERS:,} (config-f at 1024 px has about 30 million); check z_dim, w_dim, "
+                          "img_resolution, channel_base and channel_max")
     return {**cfg, "mapping_kwargs": m, "synthesis_kwargs": s}
+
+
+# Bounds that fit every real checkpoint (config-f at 1024 px: z_dim = w_dim = 512, channel_base
+# 32768, channel_max 512, ~30 M parameters) and stop a small file from asking for gigabytes:
+# the generator is allocated from its config before the weights are compared with it.
+MAX_DIM = 4096
+MAX_RESOLUTION = 4096
+MAX_PARAMETERS = 100_000_000
+
+
+def _parameter_count(cfg: dict, m: dict, s: dict) -> int:
+    """Parameters plus noise buffers of the generator ``cfg`` describes, counted without building it."""
+    w, feats = cfg["w_dim"], m["layer_features"] or cfg["w_dim"]
+    dims = [cfg["z_dim"]] + [feats] * (m["num_layers"] - 1) + [w]
+    n = sum(a * b + b for a, b in zip(dims, dims[1:])) + w
+    res, cin = 4, 0
+    while res <= cfg["img_resolution"]:
+        c = min(s["channel_base"] // res, s["channel_max"])
+        layers = [(c, c)] if res == 4 else [(cin, c), (c, c)]
+        n += sum(w * i + i + o * i * 9 + o + res * res for i, o in layers)
+        n += w * c + c + cfg["img_channels"] * (c + 1) + (c * 16 if res == 4 else 0)
+        res, cin = res * 2, c
+    return n
 
 
 # --- building blocks ---------------------------------------------------------

@@ -37,6 +37,8 @@ from typing import Mapping
 import numpy as np
 import torch
 
+from ..checks import (MAX_POLICY_BYTES, MAX_WEIGHTS_BYTES, check_tensors, check_torch_file, error, load_json,
+                      load_yaml, read_text, regular_file)
 from ..errors import ConfigError
 from .stylegan2 import Generator, fir_filter, generator_config
 
@@ -64,25 +66,20 @@ def load_config(config) -> dict:
     """
     if isinstance(config, (str, Path)):
         path = Path(config)
-        if not path.is_file():
-            raise ConfigError(f"StyleGAN2 config file {path} does not exist")
-        text = path.read_text()
-        if path.suffix.lower() == ".json":
-            try:
-                config = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"StyleGAN2 config file {path} is not valid JSON: {e}") from None
-        elif path.suffix.lower() in (".yaml", ".yml"):
-            try:
-                import yaml
-            except ImportError:
-                raise ConfigError(f"reading {path} needs PyYAML: pip install pyyaml (or use a .json config)") from None
-            try:
-                config = yaml.safe_load(text)
-            except yaml.YAMLError as e:
-                raise ConfigError(f"StyleGAN2 config file {path} is not valid YAML: {e}") from None
-        else:
+        suffix = path.suffix.lower()
+        if suffix not in (".json", ".yaml", ".yml"):
             raise ConfigError(f"StyleGAN2 config file {path} must end in .json, .yaml or .yml")
+        text = read_text(path, "StyleGAN2 config file", MAX_POLICY_BYTES)
+        where = f"StyleGAN2 config file {path}"
+        config = load_json(text, where) if suffix == ".json" else load_yaml(text, where)
+        try:
+            return _config_from(config)
+        except ConfigError as e:
+            raise error(f"{path}: {e}") from None
+    return _config_from(config)
+
+
+def _config_from(config) -> dict:
     if isinstance(config, Mapping) and "constructor_kwargs" in config:
         config = config["constructor_kwargs"]
     return generator_config(config)
@@ -101,9 +98,10 @@ def _sibling_config(path: Path):
 def load_checkpoint(path, config=None) -> Checkpoint:
     """Read weights and generator kwargs from a .pkl, .pt/.pth or .safetensors file."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"StyleGAN2 checkpoint {path} does not exist (or is not a file)")
+    regular_file(path, "StyleGAN2 checkpoint", MAX_WEIGHTS_BYTES)  # a FIFO or device would hang the reader
     suffix = path.suffix.lower()
+    if suffix in (".pt", ".pth"):
+        check_torch_file(path, "StyleGAN2 checkpoint", MAX_WEIGHTS_BYTES)
     if suffix == ".pkl":
         ckpt = read_network_pickle(path)
         if config is not None and load_config(config) != ckpt.config:
@@ -111,23 +109,28 @@ def load_checkpoint(path, config=None) -> Checkpoint:
                               "a .pkl carries its own config, so leave config= out")
         return ckpt
     if suffix in (".pt", ".pth"):
-        state, meta, kind = _read_torch_state_dict(path), {}, "state-dict"
+        try:
+            state, meta, kind = _read_torch_state_dict(path), {}, "state-dict"
+        except ConfigError as e:
+            raise error(str(e)) from None
     elif suffix == ".safetensors":
         (state, meta), kind = _read_safetensors(path), "safetensors"
     else:
         raise ConfigError(f"StyleGAN2 checkpoint {path}: unknown file type {suffix!r}; "
                           "use a .pkl network pickle, a .pt/.pth state dict or a .safetensors file")
     if config is None and "stylegan2_config" in meta:
-        try:
-            config = json.loads(meta["stylegan2_config"])
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}: the stylegan2_config metadata is not valid JSON: {e}") from None
+        config = load_json(meta["stylegan2_config"], f"{path}: the stylegan2_config metadata")
     if config is None:
         config = _sibling_config(path)
     if config is None:
         raise ConfigError(f"StyleGAN2 checkpoint {path} holds weights only: give config= (generator kwargs, "
                           f"a dict or a JSON/YAML file) or put them in {path.with_suffix('.json')}")
-    return Checkpoint(state, load_config(config), kind, **_own_metadata(meta, path))
+    try:
+        config = load_config(config)
+    except ConfigError as e:
+        raise error(f"{path}: {e}") from None
+    check_tensors(state, str(path))
+    return Checkpoint(state, config, kind, **_own_metadata(meta, path))
 
 
 LICENSE_KEY, LICENSE_LINK_KEY, POLICY_KEY = "synthviews_license", "synthviews_license_link", "synthviews_policy"
@@ -141,10 +144,7 @@ def _own_metadata(meta: Mapping[str, str], path: Path) -> dict:
         if value is not None and (not value or len(value) > 200 or not value.isprintable()):
             raise ConfigError(f"{path}: metadata {key} must be a short printable string, got {value[:40]!r}")
     if POLICY_KEY in meta:
-        try:
-            out["policy"] = json.loads(meta[POLICY_KEY])
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}: the {POLICY_KEY} metadata is not valid JSON: {e}") from None
+        out["policy"] = load_json(meta[POLICY_KEY], f"{path}: the {POLICY_KEY} metadata")
         if not isinstance(out["policy"], dict):
             raise ConfigError(f"{path}: the {POLICY_KEY} metadata must be a policy mapping")
     return out
@@ -213,7 +213,7 @@ def _read_safetensors(path: Path) -> tuple[dict, dict]:
             meta = f.metadata() or {}
             state = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # SafetensorError and friends: header or size wrong
-        raise ConfigError(f"{path} is not a readable .safetensors file (truncated or foreign?): {e}") from None
+        raise error(f"{path} is not a readable .safetensors file (truncated or foreign?): {e}") from None
     return state, meta
 
 
