@@ -20,6 +20,9 @@ from typing import Callable, Mapping
 
 from .errors import ConfigError
 
+DECODE_BLOCK = 16  # anchors per generator call: fixed, so a sample's bytes never depend on the batch size
+MAX_DECODE_BLOCK = 4096
+
 # --- limits -----------------------------------------------------------------------
 
 MAX_LINE = 300               # characters of an error message we build

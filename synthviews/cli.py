@@ -14,12 +14,10 @@ import threading
 
 import yaml
 
+# Only light modules here: torch and the models load inside main(), so Ctrl-C during start-up is one line too.
+from .checks import (DECODE_BLOCK, MAX_BATCH_SIZE, MAX_DECODE_BLOCK, MAX_PREVIEW_SAMPLES, MAX_SAMPLES,
+                     MAX_SHARD_SIZE, MAX_SHARDS, MAX_VIEWS, MAX_WORKERS, load_yaml, short)
 from .errors import ConfigError
-from .models import available_models, load_model
-from .policies import resolve_policy
-from .checks import (MAX_BATCH_SIZE, MAX_PREVIEW_SAMPLES, MAX_SAMPLES, MAX_SHARD_SIZE, MAX_SHARDS, MAX_VIEWS,
-                     MAX_WORKERS, load_yaml, short)
-from .views import DECODE_BLOCK, MAX_DECODE_BLOCK
 
 DEFAULT_MODEL = "digits"
 SEED_HELP = "seed, an integer in [0, 2**63)"
@@ -65,6 +63,8 @@ def _build_model(args):
     kwargs = dict(args.model_opt)
     if args.path is not None:
         kwargs["path"] = args.path
+    from .models import load_model
+
     return load_model(args.model, **kwargs)
 
 
@@ -139,6 +139,9 @@ def _cmd_merge(args) -> int:
 
 
 def _cmd_info(args) -> int:
+    from .models import available_models
+    from .policies import resolve_policy
+
     if args.dataset is not None:
         from .verify import summary
 

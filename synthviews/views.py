@@ -10,13 +10,12 @@ import numpy as np
 import torch
 
 from .device import amp_context, deterministic_algorithms, resolve_device
+from .checks import DECODE_BLOCK, MAX_DECODE_BLOCK
 from .errors import ConfigError
 from .latents import Streams, sample_prior
 from .models.base import MLVGM
 from .policies import Policy, resolve_policy
 
-DECODE_BLOCK = 16  # samples per generator call: fixed, so a sample's bytes never depend on the batch size
-MAX_DECODE_BLOCK = 4096
 
 
 @dataclass

@@ -151,3 +151,13 @@ def test_the_quick_analysis_help_gives_measured_times_per_model(capsys):
     text = " ".join(capsys.readouterr().out.split())
     quick = text[text.index("--quick"):].split(" --walkers")[0]
     assert "measured" in quick and "for toy" in quick and "for digits" in quick
+
+
+def test_the_cli_starts_without_torch_so_ctrl_c_at_start_up_is_handled():
+    """Everything heavy loads inside main(), whose handler turns Ctrl-C into one line and exit 130."""
+    import subprocess
+    import sys
+
+    code = "import sys, synthviews, synthviews.cli; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr
