@@ -102,7 +102,7 @@ def main() -> None:
         for b in batch_sizes:
             z = sample_prior(model.prior, streams, range(b), model.latent_dim).to(args.device)
             with torch.inference_mode():
-                t = best_of(lambda: model.decode(model.compose(z, {})), args.repeats, args.device)
+                t = best_of(lambda m=model: m.decode(m.compose(z, {})), args.repeats, args.device)
             print(f"| {label:<20} | {res:>4} | {b:>5} | {t * 1e3:>9.1f} | {b / t:>9.2f} |", flush=True)
         del model
 

@@ -9,13 +9,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .device import amp_context, deterministic_algorithms, resolve_device
 from .checks import DECODE_BLOCK, MAX_DECODE_BLOCK
+from .device import amp_context, deterministic_algorithms, resolve_device
 from .errors import ConfigError
 from .latents import Streams, sample_prior
 from .models.base import MLVGM
 from .policies import Policy, resolve_policy
-
 
 
 @dataclass
@@ -109,7 +108,9 @@ class ViewSampler:
 
         A multi-threaded CPU kernel may split its work (and so its rounding) by the
         thread count; one thread per block keeps the bytes the same on any machine
-        while the blocks of a batch still use every core.
+        while the blocks of a batch still use every core. torch's intra-op thread
+        count is process-wide, so it is 1 while the blocks decode and restored after
+        (torch work in other threads meanwhile runs single-threaded too).
         """
         def run(block: int) -> ViewBatch:
             # grad mode is thread-local: set it in the thread that computes
@@ -119,7 +120,13 @@ class ViewSampler:
 
         if self.device.type != "cpu":
             return [run(b) for b in blocks]
-        return list(self._cpu_pool().map(run, blocks))
+        pool = self._cpu_pool()  # sized by torch's thread count before it is lowered
+        threads = torch.get_num_threads()  # process-wide in torch: lowered for the decode only, then restored
+        torch.set_num_threads(1)
+        try:
+            return list(pool.map(run, blocks))
+        finally:
+            torch.set_num_threads(threads)
 
     def __getstate__(self):  # picklable for spawned DataLoader workers: the pool is made again there
         return {**self.__dict__, "_pool": None}
@@ -129,8 +136,7 @@ class ViewSampler:
         if self._pool is None or self._pool[0] != (os.getpid(), threads):  # new after a fork or a thread change
             if self._pool is not None and self._pool[0][0] == os.getpid():
                 self._pool[1].shutdown(wait=False)
-            pool = ThreadPoolExecutor(threads, thread_name_prefix="synthviews-decode",
-                                      initializer=torch.set_num_threads, initargs=(1,))
+            pool = ThreadPoolExecutor(threads, thread_name_prefix="synthviews-decode")
             self._pool = ((os.getpid(), threads), pool)
         return self._pool[1]
 
@@ -170,3 +176,4 @@ class ViewSampler:
         return {"block": self.block, "device": self.device.type, "cpu_kernels": cpu, "amp": self.amp or "none",
                 "dtype": str(next(iter(self.model.parameters()), torch.empty(0)).dtype).replace("torch.", ""),
                 "torch": torch.__version__}
+

@@ -108,10 +108,10 @@ def generate(out: str | Path, model: str | MLVGM = "digits", policy=None, *, sam
     if workers is None:  # on CPU the encoders share the cores with the generator
         workers = min(4, cpus) if dev.type == "cuda" else max(1, min(4, cpus // 2))
     torch_threads = torch.get_num_threads()
-    if dev.type == "cpu":  # oversubscribed OpenMP threads spin and stall: leave the encoders their cores
-        torch.set_num_threads(max(1, min(torch_threads, cpus - workers)))
-    init_process_group(ranks, dev)
     try:
+        if dev.type == "cpu":  # oversubscribed OpenMP threads spin and stall: leave the encoders their cores
+            torch.set_num_threads(max(1, min(torch_threads, cpus - workers)))
+        init_process_group(ranks, dev)
         out.mkdir(parents=True, exist_ok=True)
         with DatasetLock(out, ranks.rank, ranks.world_size):
             _generate_locked(out, split, config, resume, ranks, sampler, meta, format, quality, save_latents, workers,

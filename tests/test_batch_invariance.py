@@ -155,3 +155,17 @@ def test_cuda_decoding_uses_deterministic_cudnn_and_restores_the_settings():
         assert (cudnn.deterministic, cudnn.benchmark) == (False, True)
     finally:
         cudnn.deterministic, cudnn.benchmark = saved
+
+
+def test_cpu_blocks_decode_single_threaded_and_the_thread_count_is_restored():
+    model = _model("toy", Path("."))
+    seen, decode = [], model.decode
+    model.decode = lambda code: (seen.append(torch.get_num_threads()), decode(code))[1]
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        ViewSampler(model, None, views=1, device="cpu").sample(np.arange(40))
+        assert seen == [1, 1, 1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+        del model.decode
