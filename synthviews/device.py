@@ -57,3 +57,21 @@ def deterministic_algorithms(device: torch.device):
         yield
     finally:
         cudnn.deterministic, cudnn.benchmark = saved
+
+
+@contextlib.contextmanager
+def one_cpu_thread(device: torch.device):
+    """torch at one intra-op thread on CPU (the count is process-wide), restored after.
+
+    A multi-threaded CPU kernel may split a reduction by thread count, so results
+    that must not depend on the machine's cores are computed single-threaded.
+    """
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .checks import DECODE_BLOCK, MAX_DECODE_BLOCK
-from .device import amp_context, deterministic_algorithms, resolve_device
+from .checks import DECODE_BLOCK, MAX_DECODE_BLOCK, check_int
+from .device import amp_context, deterministic_algorithms, one_cpu_thread, resolve_device
 from .errors import ConfigError
 from .latents import Streams, sample_prior
 from .models.base import MLVGM
@@ -59,8 +59,7 @@ class ViewSampler:
                  threads: int | None = None):
         if isinstance(views, bool) or not isinstance(views, int) or views < 1:
             raise ConfigError(f"views (positives per anchor) must be an integer >= 1, got {views!r}")
-        if isinstance(block, bool) or not isinstance(block, int) or not 1 <= block <= MAX_DECODE_BLOCK:
-            raise ConfigError(f"decode block must be an integer in [1, {MAX_DECODE_BLOCK}] samples, got {block!r}")
+        check_int(block, "decode block (anchors per generator call)", 1, MAX_DECODE_BLOCK)
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise ConfigError(f"decode threads must be an integer >= 1 or None, got {threads!r}")
         self.block, self.threads, self._pool = block, threads, None
@@ -121,12 +120,8 @@ class ViewSampler:
         if self.device.type != "cpu":
             return [run(b) for b in blocks]
         pool = self._cpu_pool()  # sized by torch's thread count before it is lowered
-        threads = torch.get_num_threads()  # process-wide in torch: lowered for the decode only, then restored
-        torch.set_num_threads(1)
-        try:
+        with one_cpu_thread(self.device):
             return list(pool.map(run, blocks))
-        finally:
-            torch.set_num_threads(threads)
 
     def __getstate__(self):  # picklable for spawned DataLoader workers: the pool is made again there
         return {**self.__dict__, "_pool": None}

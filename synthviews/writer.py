@@ -27,7 +27,7 @@ from .card import write_card
 from .device import resolve_device
 from .distributed import Ranks, barrier, destroy_process_group, detect_ranks, init_process_group
 from .encode import check_format, encode_sample
-from .checks import (MAX_BATCH_SIZE, MAX_SAMPLES, MAX_SEED, MAX_SHARD_SIZE, MAX_SHARDS, MAX_VIEWS, MAX_WORKERS, brief,
+from .checks import (MAX_BATCH_SIZE, MAX_SAMPLES, MAX_SEED, MAX_SHARD_SIZE, MAX_SHARDS, MAX_VIEWS, MAX_WORKERS,
                      check_int)
 from .errors import ConfigError
 from .files import LOCK_RE, TEMPORARY_RE, DatasetLock, sha256_file
@@ -39,12 +39,6 @@ from .models import MLVGM, load_model
 from .views import DECODE_BLOCK, ViewSampler
 
 TAR_MTIME = 0  # fixed member mtime: same command, same bytes
-
-
-def _positive_int(value, what: str, limit: int = 2**63 - 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= limit:
-        raise ConfigError(f"{what} must be an integer in [1, {limit:,}], got {brief(value)}")
-    return int(value)
 
 
 def generate(out: str | Path, model: str | MLVGM = "digits", policy=None, *, samples: int = 1000, views: int = 1,
@@ -70,18 +64,18 @@ def generate(out: str | Path, model: str | MLVGM = "digits", policy=None, *, sam
     ``batch_size``, which only groups blocks (rounded to whole blocks).
     """
     out = Path(out)
-    samples = _positive_int(samples, "samples", MAX_SAMPLES)
-    shard_size = _positive_int(shard_size, "shard size", MAX_SHARD_SIZE)
-    batch_size = _positive_int(batch_size, "batch size", MAX_BATCH_SIZE)
-    _positive_int(views, "views (positives per anchor)", MAX_VIEWS)
+    samples = check_int(samples, "samples", 1, MAX_SAMPLES)
+    shard_size = check_int(shard_size, "shard size", 1, MAX_SHARD_SIZE)
+    batch_size = check_int(batch_size, "batch size", 1, MAX_BATCH_SIZE)
+    check_int(views, "views (positives per anchor)", 1, MAX_VIEWS)
     check_int(seed, "seed", 0, MAX_SEED)
     if -(-samples // shard_size) > MAX_SHARDS:  # the shard list is built in memory: bound its length
         raise ConfigError(f"{samples} samples in shards of {shard_size} make {-(-samples // shard_size):,} shards; "
                           f"the limit is {MAX_SHARDS:,}: raise --shard-size")
     if workers is not None:
-        workers = _positive_int(workers, "workers", MAX_WORKERS)
+        workers = check_int(workers, "workers", 1, MAX_WORKERS)
     if world_size is not None:
-        _positive_int(world_size, "--world-size", MAX_SHARDS)
+        check_int(world_size, "--world-size", 1, MAX_SHARDS)
     quality = check_format(format, quality)
     check_split(split)
     if out.exists() and not out.is_dir():

@@ -21,7 +21,6 @@ made from it is reported as ``apache-2.0``.
 
 from __future__ import annotations
 
-import contextlib
 import pickle
 import warnings
 from pathlib import Path
@@ -32,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checks import MAX_WEIGHTS_BYTES, brief, check_tensors, check_torch_file, error
-from ..device import amp_context, resolve_device
+from ..device import amp_context, one_cpu_thread, resolve_device
 from ..errors import ConfigError
 from ..files import sha256_file
 from ..latents import LatentGroup, TruncatedNormal
@@ -56,19 +55,6 @@ DEFAULT_CONFIG = {  # the real 128 px model (BigBiGAN_x1.pth)
 
 # --- layers -----------------------------------------------------------------
 
-@contextlib.contextmanager
-def _one_cpu_thread(device: torch.device):
-    if device.type != "cpu" or torch.get_num_threads() == 1:
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 class SpectralNormLayer(nn.Module):
     """A weight divided by its largest singular value, estimated as the original does.
 
@@ -90,7 +76,7 @@ class SpectralNormLayer(nn.Module):
         Computed with one CPU thread: a multi-threaded GEMV splits its reduction by
         thread count, which would make the images depend on the machine's cores.
         """
-        with torch.autocast(self.weight.device.type, enabled=False), _one_cpu_thread(self.weight.device):
+        with torch.autocast(self.weight.device.type, enabled=False), one_cpu_thread(self.weight.device):
             m = self.weight.float().reshape(self.weight.shape[0], -1)  # (out, in*kh*kw)
             v = F.normalize(self.u0.float() @ m, dim=1, eps=SN_EPS)  # (1, rest)
             vm = v @ m.t()  # (1, out)
