@@ -26,10 +26,10 @@ import numpy as np
 import torch
 
 import synthviews as sv
-from synthviews.encode import encode_sample
-from synthviews.images import to_uint8
+from synthviews._util.images import to_uint8
+from synthviews.store.format import encode_sample
+from synthviews.store.writer import generate
 from synthviews.views import ViewSampler
-from synthviews.writer import generate
 
 
 def bare_rate(model, samples: int, views: int, batch_size: int, threads: int) -> float:
@@ -104,7 +104,7 @@ def writing_rows(n: int):
 
 def rss_rows(small: int, large: int):
     # VmHWM, not ru_maxrss: ru_maxrss keeps the parent's peak across fork + exec.
-    code = ("import sys; from synthviews.writer import generate; "
+    code = ("import sys; from synthviews.store.writer import generate; "
             "generate(sys.argv[1], 'toy', samples=int(sys.argv[2]), views=2, shard_size=500, device='cpu'); "
             "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])")
     print("\n3. Peak RSS of generate (toy 64 px, K=2, shards of 500)")

@@ -23,8 +23,8 @@ from torch.utils.data import DataLoader, Dataset
 
 import synthviews as sv
 from synthviews.data import ContinuousViews, loader
+from synthviews.store.writer import generate
 from synthviews.views import ViewSampler
-from synthviews.writer import generate
 
 BATCH = 64
 

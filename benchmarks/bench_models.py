@@ -39,7 +39,7 @@ def model_factories(device: str, amp: str, channels_last: bool, quick: bool = Fa
 
     rows = []
     try:
-        from synthviews.models import stylegan2  # noqa: F401  (written separately; may be absent)
+        from synthviews.models import stylegan2  # noqa: F401  (registers "stylegan2")
         label, base = ("stylegan2 tiny", STYLEGAN2_TINY) if quick else ("stylegan2 config-f", STYLEGAN2_CONFIG_F)
         for res in (32, 16) if quick else (512, 256):
             cfg = {**base, "img_resolution": res}

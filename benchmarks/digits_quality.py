@@ -23,10 +23,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from synthviews.digits import evaluate_generator
-from synthviews.images import grid, png_bytes, to_uint8
+from synthviews._util.images import grid, png_bytes, to_uint8
+from synthviews.analysis.preview import preview
 from synthviews.models import load_model
-from synthviews.preview import preview
+from synthviews.train.digits import evaluate_generator
 from synthviews.views import ViewSampler
 
 

@@ -3,7 +3,7 @@
 The same small CNN is trained with SimCLR (NT-Xent) for the same number of
 steps and batch size on each row, then frozen and scored by a linear probe
 (logistic regression) trained on the real train split and tested on the real
-test split of scikit-learn's digits (:mod:`synthviews.digits`):
+test split of scikit-learn's digits (:mod:`synthviews.train.digits`):
 
   (a) real digits (train split, 1,347 images), two T_x ``simclr`` views
   (b) synthetic anchors only (the anchors of the (d) shards), two T_x ``simclr`` views
@@ -48,10 +48,10 @@ from torch import nn
 
 from synthviews.data import ContinuousViews, ShardViews, loader
 from synthviews.data.augment import Augment
-from synthviews.digits import NUM_CLASSES, load_digits_split
 from synthviews.models import load_model
 from synthviews.policies import resolve_policy
-from synthviews.writer import generate
+from synthviews.store.writer import generate
+from synthviews.train.digits import NUM_CLASSES, load_digits_split
 
 ROWS = {
     "a": "real digits + T_x simclr",

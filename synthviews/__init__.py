@@ -14,6 +14,9 @@ _LAZY = {
     "LatentGroup": ".latents", "Streams": ".latents", "TruncatedNormal": ".latents",
     "MLVGM": ".models", "available_models": ".models", "from_module": ".models", "load_model": ".models",
     "register_model": ".models",
+    "Policy": ".policies", "load_policy": ".policies", "save_policy": ".policies",
+    "ViewSampler": ".views",
+    "generate": ".store.writer",
 }
 
 __all__ = ["ConfigError", *_LAZY]

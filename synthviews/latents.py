@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .checks import MAX_NOISE, MAX_SEED, brief, finite
+from ._util.checks import MAX_NOISE, MAX_SEED, brief, finite
 from .errors import ConfigError
 
 

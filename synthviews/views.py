@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .checks import DECODE_BLOCK, MAX_DECODE_BLOCK, check_int
-from .device import amp_context, deterministic_algorithms, one_cpu_thread, resolve_device
+from ._util.checks import DECODE_BLOCK, MAX_DECODE_BLOCK, check_int
+from ._util.device import amp_context, deterministic_algorithms, one_cpu_thread, resolve_device
 from .errors import ConfigError
 from .latents import Streams, sample_prior
 from .models.base import MLVGM

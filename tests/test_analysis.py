@@ -11,11 +11,11 @@ from PIL import Image
 import synthviews as sv
 from synthviews.analysis import Settings, analyze, classify, sweep
 from synthviews.analysis.choice import policy_yaml, write_policy
-from synthviews.analysis.commands import add_commands
 from synthviews.analysis.mi import cell_policy, confidence, estimate, torch_threads
 from synthviews.analysis.plots import nice_ticks
 from synthviews.analysis.report import ranking
 from synthviews.cli import main
+from synthviews.cli.analysis import add_commands
 from synthviews.policies import GaussianPolicy, load_policy
 
 # Small enough for the default run: 16 px toy, tiny critic training.

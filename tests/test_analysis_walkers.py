@@ -8,9 +8,9 @@ import torch
 
 import synthviews as sv
 from synthviews.analysis import Settings, WalkerPolicy, WalkerSettings, analyze, load_walker, save_walker, train_walker
-from synthviews.analysis.commands import add_commands
 from synthviews.analysis.walkers import FORMAT, Walker
 from synthviews.cli import main
+from synthviews.cli.analysis import add_commands
 from synthviews.policies import load_policy
 from synthviews.views import ViewSampler
 

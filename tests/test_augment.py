@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from synthviews.data import augment as augment_module
-from synthviews.data.augment import (IMAGENET_MEAN, IMAGENET_STD, PRESETS, Augment, Params, identity, make_augment)
+from synthviews.data.augment import IMAGENET_MEAN, IMAGENET_STD, PRESETS, Augment, Params, identity, make_augment
 from synthviews.errors import ConfigError
 
 # Small images keep the suite fast: 32 px in, 28 px out keeps the default ratio 112/128.

@@ -13,13 +13,13 @@ import torch
 from torch import nn
 
 import synthviews as sv
-import synthviews.writer as writer_module
-from synthviews.device import deterministic_algorithms
+import synthviews.store.writer as writer_module
+from synthviews._util.device import deterministic_algorithms
 from synthviews.errors import ConfigError
-from synthviews.manifest import read_manifest, write_manifest
 from synthviews.models.adapter import from_module
+from synthviews.store.manifest import read_manifest, write_manifest
+from synthviews.store.writer import block_aligned_batches, generate
 from synthviews.views import ViewSampler
-from synthviews.writer import block_aligned_batches, generate
 
 
 class UserDecoder(nn.Module):

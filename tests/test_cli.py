@@ -98,7 +98,7 @@ def test_preview_and_generate_with_the_real_generators(tmp_path, compat_dir):
         assert a.size == (2 + 3 * 34, 2 + 2 * 34) and b.size == (2 + 3 * 130, 2 + 2 * 130)
     assert main(["generate", "--model", "stylegan2", "--path", str(tmp_path / "tiny1.pt"), "--samples", "6",
                  "--views", "1", "--shard-size", "3", "--out", str(tmp_path / "ds"), "--no-progress"]) == 0
-    from synthviews.verify import verify
+    from synthviews.store.verify import verify
 
     assert verify(tmp_path / "ds") == []
 
@@ -119,8 +119,8 @@ def test_the_workers_help_states_the_default_generate_uses(tmp_path, monkeypatch
 
     import torch
 
-    from synthviews import writer
-    from synthviews.cli import WORKERS_HELP
+    from synthviews.cli.app import WORKERS_HELP
+    from synthviews.store import writer
 
     with pytest.raises(SystemExit):
         main(["generate", "--help"])

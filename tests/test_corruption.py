@@ -11,8 +11,8 @@ from torch.utils.data import DataLoader
 
 from synthviews.data import ShardError, ShardViews
 from synthviews.errors import ConfigError
-from synthviews.verify import verify
-from synthviews.writer import generate
+from synthviews.store.verify import verify
+from synthviews.store.writer import generate
 
 SHARD = "train-000001.tar"  # samples 20..39
 

@@ -7,7 +7,7 @@ from torch.utils.data import default_collate
 
 import synthviews as sv
 from synthviews.data import ContinuousViews, ShardError, ShardViews, loader
-from synthviews.writer import generate
+from synthviews.store.writer import generate
 
 
 @pytest.fixture(scope="module")

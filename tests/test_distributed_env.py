@@ -8,9 +8,9 @@ import sys
 import pytest
 
 import synthviews as sv
+from synthviews._util.distributed import detect_ranks, training_ranks
 from synthviews.data import ContinuousViews, ShardViews, loader
-from synthviews.distributed import detect_ranks, training_ranks
-from synthviews.writer import generate
+from synthviews.store.writer import generate
 
 ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "WORKER", "NUM_WORKERS")
 MASTER = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}

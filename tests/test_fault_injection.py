@@ -2,7 +2,7 @@
 
 The library has no test hooks: a server subprocess imports synthviews once, then forks a child
 per case that patches os.replace / os.unlink / os.fsync / os.pwrite / os.ftruncate and the
-`open` of synthviews.writer and synthviews.files (write calls) to signal itself, or to fail with
+`open` of synthviews.store.writer and synthviews._util.files (write calls) to signal itself, or to fail with
 ENOSPC, at the N-th call on a file in the output folder, and runs the CLI's main(). Forking
 skips torch's import, so a case takes a fraction of a second. Every point is enumerated from the
 trace of an uninterrupted run; a representative subset runs by default, all under `-m slow`.
@@ -23,7 +23,7 @@ import pytest
 
 from synthviews.cli import main
 from synthviews.errors import ConfigError
-from synthviews.writer import generate
+from synthviews.store.writer import generate
 
 SHARDS = 5  # first 0, middle 2, last 4
 GEN = ["generate", "--model", "toy", "--model-opt", "resolution=16", "--samples", str(10 * SHARDS), "--shard-size",
@@ -33,7 +33,7 @@ LIB = dict(model="toy", model_kwargs={"resolution": 16}, samples=10 * SHARDS, sh
 
 SERVER = r'''
 import errno, json, os, signal, sys
-import synthviews.cli, synthviews.files, synthviews.writer
+import synthviews._util.files, synthviews.cli.app, synthviews.store.writer
 
 def run(case):
     out = os.path.realpath(case["out"])
@@ -88,13 +88,13 @@ def run(case):
     os.fsync = by_fd("fsync", os.fsync)
     os.pwrite = by_fd("pwrite", os.pwrite)
     os.ftruncate = by_fd("ftruncate", os.ftruncate)
-    synthviews.writer.open = synthviews.files.open = hooked_open
+    synthviews.store.writer.open = synthviews._util.files.open = hooked_open
     if case["action"] == "SIGINT-at-startup":
-        real_parser = synthviews.cli.build_parser
+        real_parser = synthviews.cli.app.build_parser
         def build_parser():
             os.kill(os.getpid(), signal.SIGINT)
             return real_parser()
-        synthviews.cli.build_parser = build_parser
+        synthviews.cli.app.build_parser = build_parser
     try:
         rc = synthviews.cli.main(case["argv"])
     finally:
@@ -470,9 +470,9 @@ def test_rank_jobs_share_a_folder_but_not_a_rank_or_a_world_size(runs, tmp_path,
 
 
 def test_the_lock_is_invisible_to_verify_push_and_hugging_face_while_held(runs, tmp_path, monkeypatch):
-    from synthviews.files import DatasetLock
-    from synthviews.hub import upload_plan
-    from synthviews.verify import verify
+    from synthviews._util.files import DatasetLock
+    from synthviews.store.hub import upload_plan
+    from synthviews.store.verify import verify
 
     out = tmp_path / "ds"
     shutil.copytree(runs["ref"], out)

@@ -9,7 +9,7 @@ from torch import nn
 
 import synthviews as sv
 from synthviews.data import ContinuousViews, loader
-from synthviews.writer import generate
+from synthviews.store.writer import generate
 
 
 def _backbone():

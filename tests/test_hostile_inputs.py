@@ -434,7 +434,7 @@ def build_corpus(root: Path) -> list[tuple[str, list[str]]]:
     # -- dataset folders ---------------------------------------------------------------------------
     ds = root / "datasets"
     base = ds / "base"
-    from synthviews.writer import generate
+    from synthviews.store.writer import generate
 
     generate(base, sv.load_model("toy", resolution=16), samples=4, views=1, shard_size=2, format="png",
                 device="cpu")
@@ -709,7 +709,7 @@ def test_hostile_corpus(tmp_path):
 
 
 def test_strict_yaml_refuses_aliases_and_duplicates():
-    from synthviews.checks import load_yaml
+    from synthviews._util.checks import load_yaml
     from synthviews.errors import ConfigError
 
     assert load_yaml("a: 1\nb: [1, 2]\n", "x") == {"a": 1, "b": [1, 2]}
@@ -722,7 +722,7 @@ def test_strict_yaml_refuses_aliases_and_duplicates():
 def test_limits_fit_real_checkpoints():
     """A config-f StyleGAN2 at 1024 px and the full BigBiGAN stay within the bounds."""
     from synthviews.models.bigbigan import DEFAULT_CONFIG, _resolve_config
-    from synthviews.models.stylegan2 import generator_config
+    from synthviews.models.stylegan2.networks import generator_config
 
     generator_config({"z_dim": 512, "w_dim": 512, "img_resolution": 1024,
                       "synthesis_kwargs": {"channel_base": 32768, "channel_max": 512}})
@@ -756,8 +756,8 @@ if __name__ == "__main__":
 def test_a_non_finite_delta_never_becomes_invalid_json():
     import numpy as np
 
-    from synthviews.encode import encode_sample
     from synthviews.errors import ConfigError
+    from synthviews.store.format import encode_sample
 
     views = np.zeros((2, 4, 4, 1), dtype=np.uint8)
     assert b'"index":3' in encode_sample(3, views, {"index": 3, "delta": {"g": [1.0]}}, "png", None)["json"]

@@ -11,12 +11,12 @@ import pytest
 from huggingface_hub import HfApi
 from huggingface_hub.utils import filter_repo_objects
 
-from synthviews import hub
-from synthviews.card import dataset_card
 from synthviews.errors import ConfigError
-from synthviews.hub import IGNORE_PATTERNS, add_push_command, allow_patterns, check_repo_id, push, upload_plan
-from synthviews.manifest import read_manifest, write_manifest
-from synthviews.writer import generate
+from synthviews.store import hub
+from synthviews.store.card import dataset_card
+from synthviews.store.hub import IGNORE_PATTERNS, add_push_command, allow_patterns, check_repo_id, push, upload_plan
+from synthviews.store.manifest import read_manifest, write_manifest
+from synthviews.store.writer import generate
 
 EXPECTED = ["README.md", "preview.png", "synthviews.json", "train-000000.tar", "train-000001.tar",
             "train-000002.tar"]

@@ -5,9 +5,9 @@ import torch
 
 import synthviews as sv
 from synthviews.data import ShardViews
-from synthviews.hub import push
-from synthviews.verify import verify
-from synthviews.writer import generate
+from synthviews.store.hub import push
+from synthviews.store.verify import verify
+from synthviews.store.writer import generate
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,15 @@ import pytest
 import torch
 
 import synthviews as sv
-from synthviews.policies import (GaussianPolicy, GroupNoise, RandomSubsetPolicy, load_policy, policy_from_dict,
-                                 resolve_policy, save_policy)
+from synthviews.policies import (
+    GaussianPolicy,
+    GroupNoise,
+    RandomSubsetPolicy,
+    load_policy,
+    policy_from_dict,
+    resolve_policy,
+    save_policy,
+)
 
 
 @pytest.fixture(scope="module")

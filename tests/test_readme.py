@@ -113,7 +113,7 @@ def _stand_ins() -> dict:
 @pytest.fixture(scope="module")
 def readme_folder(tmp_path_factory):
     """A working folder with what the snippets read: shards/digits (8 shards) and the README's policy.yaml."""
-    from synthviews.writer import generate
+    from synthviews.store.writer import generate
 
     folder = tmp_path_factory.mktemp("readme")
     generate(folder / "shards" / "digits", "digits", samples=256, views=2, shard_size=32, device="cpu")

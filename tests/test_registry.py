@@ -3,7 +3,7 @@ import torch
 
 import synthviews as sv
 from synthviews.latents import LatentGroup, TruncatedNormal
-from synthviews.models import ChunkedLatents, MLVGM
+from synthviews.models import MLVGM, ChunkedLatents
 
 
 class Tiny(ChunkedLatents, MLVGM):

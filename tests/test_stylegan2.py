@@ -7,7 +7,8 @@ import torch
 
 from synthviews.errors import ConfigError
 from synthviews.models import load_model
-from synthviews.models.stylegan2 import Generator, PostProcess, StyleGAN2, generator_config, load_weights, parse_groups
+from synthviews.models.stylegan2.model import PostProcess, StyleGAN2, parse_groups
+from synthviews.models.stylegan2.networks import Generator, generator_config, load_weights
 
 TOL = 1e-4
 
@@ -152,7 +153,7 @@ def test_the_papers_cars_policy_only_for_the_cars_setting(compat_dir):
 
 def test_a_file_synthviews_wrote_carries_its_licence_and_policy(compat_dir, tmp_path, capsys):
     from synthviews.cli import main
-    from synthviews.models.stylegan2_checkpoint import embed_policy, save_safetensors
+    from synthviews.models.stylegan2.checkpoint import embed_policy, save_safetensors
 
     src = load_model("stylegan2", path=sg(compat_dir) / "tiny1_state_dict.pt", config=sg(compat_dir) / "tiny1_config.json")
     path = tmp_path / "mine.safetensors"
@@ -405,7 +406,7 @@ def test_configf_512_synthesis_cars(compat_dir):
 def test_fused_and_unfused_modulated_conv_agree(up, demodulate):
     """The GPU path (one grouped conv with per-sample kernels) and the CPU path (scaled activations
     around one shared kernel, demodulation from a matmul) are the same maths."""
-    from synthviews.models.stylegan2 import fir_filter, modulated_conv2d
+    from synthviews.models.stylegan2.networks import fir_filter, modulated_conv2d
 
     g = torch.Generator().manual_seed(0)
     x, weight = torch.randn(3, 8, 6, 6, generator=g), torch.randn(5, 8, 3, 3, generator=g)

@@ -23,9 +23,15 @@ import torch
 
 from synthviews.errors import ConfigError
 from synthviews.models import load_model
-from synthviews.models.stylegan2 import Generator, PostProcess, generator_config
-from synthviews.models.stylegan2_checkpoint import (
-    RestrictedUnpickler, convert_tf_variables, load_checkpoint, read_network_pickle, save_safetensors)
+from synthviews.models.stylegan2.checkpoint import (
+    RestrictedUnpickler,
+    convert_tf_variables,
+    load_checkpoint,
+    read_network_pickle,
+    save_safetensors,
+)
+from synthviews.models.stylegan2.model import PostProcess
+from synthviews.models.stylegan2.networks import Generator, generator_config
 
 # --- a pickler that writes arbitrary globals ---------------------------------------
 

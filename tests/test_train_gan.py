@@ -12,14 +12,22 @@ import torch
 pytest.importorskip("sklearn")
 
 from synthviews import cli  # noqa: E402
-from synthviews.digits import NUM_IMAGES, load_digits_split, split_indices  # noqa: E402
 from synthviews.errors import ConfigError  # noqa: E402
 from synthviews.models import load_model  # noqa: E402
 from synthviews.models.digits import WEIGHTS  # noqa: E402  (the shipped file)
-from synthviews.train_gan import (  # noqa: E402
-    CHECKPOINT, EXPORT, Discriminator, Trainer, add_train_gan_command, augment, preset, read_checkpoint,
-    synthesize, train)
-
+from synthviews.train.digits import NUM_IMAGES, load_digits_split, split_indices  # noqa: E402
+from synthviews.train.gan import (
+    CHECKPOINT,
+    EXPORT,
+    Discriminator,
+    Trainer,
+    add_train_gan_command,
+    augment,
+    preset,
+    read_checkpoint,
+    synthesize,
+    train,
+)
 
 
 @pytest.fixture(scope="module")
@@ -192,7 +200,7 @@ def test_cli_errors_and_a_tiny_run(tmp_path, monkeypatch, capsys):
                            "--export", str(tmp_path / "g.bin"), "--no-progress"])
     assert isinstance(bad_export, str) and ".safetensors" in bad_export
     # a real (tiny) run on 64 images through the command line, then a resume with a conflicting option
-    import synthviews.digits as digits
+    import synthviews.train.digits as digits
 
     real = digits.load_digits_split
     monkeypatch.setattr(digits, "load_digits_split", lambda split, res: tuple(t[:64] for t in real(split, res)))
@@ -236,7 +244,7 @@ def test_shipped_weights_load_and_make_digits():
 
 
 def test_evaluate_generator_reports_shares_and_groups(tmp_path, reals):
-    from synthviews.digits import evaluate_generator
+    from synthviews.train.digits import evaluate_generator
 
     train(tmp_path / "run", tiny(), steps=1, reals=reals, progress=False)
     model = load_model("stylegan2", path=str(tmp_path / "run" / EXPORT))

@@ -13,10 +13,10 @@ from PIL import Image
 
 from synthviews.cli import main
 from synthviews.errors import ConfigError
-from synthviews.manifest import merge, read_manifest
-from synthviews.tarshards import iter_tar_samples
-from synthviews.verify import verify
-from synthviews.writer import generate
+from synthviews.store.manifest import merge, read_manifest
+from synthviews.store.tarshards import iter_tar_samples
+from synthviews.store.verify import verify
+from synthviews.store.writer import generate
 
 SMALL = dict(model="toy", samples=60, views=2, shard_size=25, seed=3, batch_size=16, model_kwargs={"resolution": 16})
 

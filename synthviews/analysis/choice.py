@@ -22,8 +22,8 @@ from pathlib import Path
 
 import yaml
 
+from .._util.files import write_atomic
 from ..errors import ConfigError
-from ..files import write_atomic
 from ..policies import load_policy
 
 SEMANTIC, UNDER_USED, BETWEEN = "semantic", "under-used", "in between"

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from ..device import resolve_device
+from .._util.device import resolve_device
 from ..errors import ConfigError
 from ..models.base import MLVGM
 from ..policies import GaussianPolicy, GroupNoise, Policy

@@ -10,9 +10,9 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from ..device import resolve_device
+from .._util.device import resolve_device
+from .._util.files import write_atomic
 from ..errors import ConfigError
-from ..files import write_atomic
 from ..models.base import MLVGM
 from .choice import SEMANTIC, check_fractions, classify, policy_yaml, write_policy
 from .mi import REFERENCE, Settings, estimate, pool, sweep, torch_threads
@@ -60,8 +60,8 @@ def _analyze(model, out, groups, settings, target_mi, near, device, walkers, wal
         result["walkers"] = _walkers(model, result, calls, settings, walker_settings or WalkerSettings(),
                                      out, device, progress)
     _plots(result, out)
-    from ..preview import preview
     from ..views import ViewSampler
+    from .preview import preview
 
     sampler = ViewSampler(model, out / "policy.yaml", views=4, seed=settings.seed, device=device)
     preview(sampler, out / "preview.png", samples=preview_samples)

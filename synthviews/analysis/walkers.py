@@ -27,11 +27,28 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import policies
-from ..device import resolve_device
-from ..checks import (MAX_LATENT_DIM, MAX_NOISE, MAX_WALKER_BYTES, MAX_WEIGHTS_BYTES, Any, Int, List, Map, Obj, Str, brief,
-                      check_int, check_torch_file, finite, check_tensors, error, validate)
+from .._util.checks import (
+    MAX_LATENT_DIM,
+    MAX_NOISE,
+    MAX_WALKER_BYTES,
+    MAX_WEIGHTS_BYTES,
+    Any,
+    Int,
+    List,
+    Map,
+    Obj,
+    Str,
+    brief,
+    check_int,
+    check_tensors,
+    check_torch_file,
+    error,
+    finite,
+    validate,
+)
+from .._util.device import resolve_device
+from .._util.files import sha256_file, write_atomic
 from ..errors import ConfigError
-from ..files import sha256_file, write_atomic
 from ..latents import Streams, sample_prior
 from ..models.base import MLVGM
 from ..policies import Policy, register_policy

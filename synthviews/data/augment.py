@@ -71,8 +71,13 @@ from typing import Callable, NamedTuple, Sequence
 
 import torch
 from kornia.color import rgb_to_grayscale
-from kornia.enhance import (adjust_brightness_accumulative, adjust_contrast_with_mean_subtraction, adjust_hue,
-                            adjust_saturation_with_gray_subtraction, normalize)
+from kornia.enhance import (
+    adjust_brightness_accumulative,
+    adjust_contrast_with_mean_subtraction,
+    adjust_hue,
+    adjust_saturation_with_gray_subtraction,
+    normalize,
+)
 from kornia.geometry.transform import resize, warp_affine
 from torch import Tensor
 

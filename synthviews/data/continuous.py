@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..distributed import training_ranks, worker_slot
+from .._util.distributed import training_ranks, worker_slot
 from ..errors import ConfigError
 from ..latents import Streams
 from ..views import ViewSampler

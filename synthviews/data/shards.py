@@ -6,7 +6,7 @@ s takes a contiguous range of that sample order, so an epoch covers all
 samples but less than one batch per slot, and every slot yields the same
 number of samples (no DDP hang). A slot reads the shards its range overlaps,
 checks each against its manifest record while streaming (count, keys,
-fields; see :func:`synthviews.tarshards.checked_samples`), shuffles in a
+fields; see :func:`synthviews.store.tarshards.checked_samples`), shuffles in a
 seeded buffer and decodes its samples. Without a manifest (plain shard URLs)
 slots read whole shards through webdataset's stages, unchecked.
 """
@@ -27,12 +27,12 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from ..distributed import training_ranks, worker_slot
+from .._util.distributed import training_ranks, worker_slot
+from .._util.images import stored_channels
 from ..errors import ConfigError
-from ..images import stored_channels
 from ..latents import Streams
-from ..manifest import MANIFEST_NAME
-from ..tarshards import ShardError, checked_samples
+from ..store.manifest import MANIFEST_NAME
+from ..store.tarshards import ShardError, checked_samples
 from .augment import Augment, make_augment
 from .formats import ViewChoice, check_output, format_item
 
@@ -67,7 +67,7 @@ def _resolve(source, split: str) -> tuple[list[str], list[dict] | None, dict | N
         if not (path / MANIFEST_NAME).is_file():
             raise ConfigError(f"{path} holds no {MANIFEST_NAME}: not a synthviews dataset folder "
                               f"(pass shard paths or a brace pattern instead)")
-        from ..manifest import read_manifest
+        from ..store.manifest import read_manifest
 
         entry = _manifest_split(read_manifest(path), split, str(path))
         return [str(path / r["name"]) for r in entry["shards"]], entry["shards"], entry["config"]
@@ -382,7 +382,7 @@ class ShardViews(torch.utils.data.IterableDataset):
 
     def _decode(self, data: bytes, name: str) -> np.ndarray:
         """Stored view bytes -> (H, W, C) uint8 with the manifest's channels, after checking the stored
-        size and channels against the manifest (as :func:`synthviews.images.decode_image`, in one open)."""
+        size and channels against the manifest (as :func:`synthviews._util.images.decode_image`, in one open)."""
         try:
             with Image.open(io.BytesIO(data)) as im:
                 shape = (im.height, im.width, len(im.getbands()))

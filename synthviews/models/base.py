@@ -11,7 +11,6 @@ from torch import nn
 
 from ..latents import LatentGroup, TruncatedNormal
 
-
 GENERIC_POLICY_ORIGIN = ("generic (GenRep-like: std 0.25 on every group), not tuned for this model; "
                          "`synthviews analyze` measures the groups and chooses one")
 

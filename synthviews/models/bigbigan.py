@@ -30,12 +30,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checks import MAX_WEIGHTS_BYTES, brief, check_tensors, check_torch_file, error
-from ..device import amp_context, one_cpu_thread, resolve_device
+from .._util.checks import MAX_WEIGHTS_BYTES, brief, check_tensors, check_torch_file, error
+from .._util.device import amp_context, one_cpu_thread, resolve_device
+from .._util.files import sha256_file
 from ..errors import ConfigError
-from ..files import sha256_file
 from ..latents import LatentGroup, TruncatedNormal
-from . import register_model
+from ._registry import register_model
 from .base import MLVGM, ChunkedLatents
 
 SN_EPS = 1e-4  # spectral-norm vector normalisation

@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import ConfigError
-from . import register_model
+from ._registry import register_model
 from .stylegan2 import StyleGAN2
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"

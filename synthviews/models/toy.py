@@ -30,7 +30,7 @@ import torch
 
 from ..errors import ConfigError
 from ..latents import LatentGroup, TruncatedNormal
-from . import register_model
+from ._registry import register_model
 from .base import MLVGM, ChunkedLatents
 
 _GROUPS = (

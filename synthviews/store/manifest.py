@@ -20,10 +20,31 @@ import json
 import re
 from pathlib import Path
 
-from .checks import (MAX_IMAGE_SIDE, MAX_JSON_BYTES, MAX_SAMPLES, MAX_SEED, MAX_SHARD_SIZE, MAX_SHARDS, MAX_VIEWS,
-                     Any, Bool, Choice, Int, List, Map, Obj, Opt, Str, _join, brief, error, load_json, read_text)
-from .errors import ConfigError
-from .files import TEMPORARY_RE, DatasetLock, write_atomic
+from .._util.checks import (
+    MAX_IMAGE_SIDE,
+    MAX_JSON_BYTES,
+    MAX_SAMPLES,
+    MAX_SEED,
+    MAX_SHARD_SIZE,
+    MAX_SHARDS,
+    MAX_VIEWS,
+    Any,
+    Bool,
+    Choice,
+    Int,
+    List,
+    Map,
+    Obj,
+    Opt,
+    Str,
+    _join,
+    brief,
+    error,
+    load_json,
+    read_text,
+)
+from .._util.files import TEMPORARY_RE, DatasetLock, write_atomic
+from ..errors import ConfigError
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "synthviews.json"

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .checks import MAX_INDEX, MAX_PREVIEW_SAMPLES, MAX_VIEWS, check_int
-from .errors import ConfigError
-from .files import write_atomic
-from .images import grid, png_bytes, to_uint8
-from .views import ViewSampler
+from .._util.checks import MAX_INDEX, MAX_PREVIEW_SAMPLES, MAX_VIEWS, check_int
+from .._util.files import write_atomic
+from .._util.images import grid, png_bytes, to_uint8
+from ..errors import ConfigError
+from ..views import ViewSampler
 
 
 def preview(sampler: ViewSampler, out: str | Path, samples: int = 8, start: int = 0) -> Path:

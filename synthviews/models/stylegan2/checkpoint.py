@@ -37,10 +37,19 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from ..checks import (MAX_POLICY_BYTES, MAX_WEIGHTS_BYTES, check_tensors, check_torch_file, error, load_json,
-                      load_yaml, read_text, regular_file)
-from ..errors import ConfigError
-from .stylegan2 import Generator, fir_filter, generator_config
+from ..._util.checks import (
+    MAX_POLICY_BYTES,
+    MAX_WEIGHTS_BYTES,
+    check_tensors,
+    check_torch_file,
+    error,
+    load_json,
+    load_yaml,
+    read_text,
+    regular_file,
+)
+from ...errors import ConfigError
+from .networks import Generator, fir_filter, generator_config
 
 
 @dataclass

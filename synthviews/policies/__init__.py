@@ -38,10 +38,10 @@ import numpy as np
 import torch
 import yaml
 
-from .checks import MAX_POLICY_BYTES, brief, error, load_json, load_yaml, read_text
-from .errors import ConfigError
-from .latents import Streams, check_normal_params
-from .models.base import MLVGM
+from .._util.checks import MAX_POLICY_BYTES, brief, error, load_json, load_yaml, read_text
+from ..errors import ConfigError
+from ..latents import Streams, check_normal_params
+from ..models.base import MLVGM
 
 
 @dataclass(frozen=True)

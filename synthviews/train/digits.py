@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 NUM_CLASSES = 10
 NUM_IMAGES = 1797
@@ -159,7 +159,7 @@ def evaluate_generator(model, samples: int = 2000, seed: int = 0, group_std: flo
                                         "class_kept": round(float(same), 4),
                                         "mean_abs_pixel_change": round(float(change), 4)}
     if policy is not False:
-        from .views import ViewSampler
+        from ..views import ViewSampler
 
         sampler = ViewSampler(model, policy, views=4, seed=seed)
         views = torch.cat([sampler.sample(range(i, min(i + batch, n_views))).images.cpu()

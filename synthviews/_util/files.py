@@ -16,7 +16,7 @@ import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 # `.NAME.PID.tmp` (shards) and `.NAME.PID.HEX.tmp` (write_atomic): hidden, never a final name.
 TEMPORARY_RE = re.compile(r"^\.(?P<name>.+?)\.\d+(\.[0-9a-f]{8})?\.tmp$")

@@ -1,12 +1,12 @@
 """Publishing a dataset folder to the Hugging Face Hub as a dataset repo.
 
-    from synthviews.hub import push
+    from synthviews.store.hub import push
     push("shards/toy", "user/toy-views", dry_run=True)   # checks, rewrites the card, lists the files
     push("shards/toy", "user/toy-views")                 # the same, then creates the repo and uploads
 
 Before anything is sent, :func:`push` refuses a folder with unmerged rank progress files or an
 incomplete split, one with more files than a Hub folder takes, and one where
-:func:`synthviews.verify.verify` finds any problem. It then regenerates the dataset card
+:func:`synthviews.store.verify.verify` finds any problem. It then regenerates the dataset card
 (``README.md`` and ``preview.png``) from the manifest and uploads exactly the dataset's files: the
 shards of every split of the manifest, ``synthviews.json``, ``README.md`` and ``preview.png``; never
 hidden or temporary files, rank progress files or anything else in the folder.
@@ -24,8 +24,8 @@ import math
 import re
 from pathlib import Path
 
+from ..errors import ConfigError
 from .card import write_card
-from .errors import ConfigError
 from .manifest import MANIFEST_NAME, pending_splits, read_manifest
 from .verify import verify
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .checks import load_json, short
-from .errors import ConfigError
-from .files import sha256_file
-from .images import stored_channels
+from .._util.checks import load_json, short
+from .._util.files import sha256_file
+from .._util.images import stored_channels
+from ..errors import ConfigError
 from .manifest import MANIFEST_NAME, pending_splits, read_manifest, shard_name, shard_ranges
 from .tarshards import iter_tar_samples
 

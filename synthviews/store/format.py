@@ -12,7 +12,7 @@ import json
 import numpy as np
 from PIL import Image
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
 DEFAULT_QUALITY = {"jpg": 95, "webp": 90, "png": None}

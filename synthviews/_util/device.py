@@ -6,7 +6,7 @@ import contextlib
 
 import torch
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 _AMP = {"fp16": torch.float16, "bf16": torch.bfloat16}
 

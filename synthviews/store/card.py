@@ -9,8 +9,8 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from .files import write_atomic
-from .images import grid, png_bytes
+from .._util.files import write_atomic
+from .._util.images import grid, png_bytes
 from .manifest import shard_name
 from .tarshards import iter_tar_samples
 

@@ -23,20 +23,43 @@ import torch
 import webdataset as wds
 from tqdm import tqdm
 
+from .._util.checks import (
+    MAX_BATCH_SIZE,
+    MAX_SAMPLES,
+    MAX_SEED,
+    MAX_SHARD_SIZE,
+    MAX_SHARDS,
+    MAX_VIEWS,
+    MAX_WORKERS,
+    check_int,
+)
+from .._util.device import resolve_device
+from .._util.distributed import Ranks, barrier, destroy_process_group, detect_ranks, init_process_group
+from .._util.files import LOCK_RE, TEMPORARY_RE, DatasetLock, sha256_file
+from .._util.images import to_uint8
+from ..errors import ConfigError
+from ..models import MLVGM, load_model
+from ..views import DECODE_BLOCK, ViewSampler
 from .card import write_card
-from .device import resolve_device
-from .distributed import Ranks, barrier, destroy_process_group, detect_ranks, init_process_group
-from .encode import check_format, encode_sample
-from .checks import (MAX_BATCH_SIZE, MAX_SAMPLES, MAX_SEED, MAX_SHARD_SIZE, MAX_SHARDS, MAX_VIEWS, MAX_WORKERS,
-                     check_int)
-from .errors import ConfigError
-from .files import LOCK_RE, TEMPORARY_RE, DatasetLock, sha256_file
-from .images import to_uint8
-from .manifest import (FORMAT_VERSION, MANIFEST_NAME, check_split, done_shards, fold_progress, is_dataset_file, merge,
-                       pending_splits, read_manifest, read_progress, remove_temporaries, shard_name,
-                       shard_ranges, split_entry, write_manifest, write_progress)
-from .models import MLVGM, load_model
-from .views import DECODE_BLOCK, ViewSampler
+from .format import check_format, encode_sample
+from .manifest import (
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    check_split,
+    done_shards,
+    fold_progress,
+    is_dataset_file,
+    merge,
+    pending_splits,
+    read_manifest,
+    read_progress,
+    remove_temporaries,
+    shard_name,
+    shard_ranges,
+    split_entry,
+    write_manifest,
+    write_progress,
+)
 
 TAR_MTIME = 0  # fixed member mtime: same command, same bytes
 
@@ -52,7 +75,7 @@ def generate(out: str | Path, model: str | MLVGM = "digits", policy=None, *, sam
     Rerunning with the same arguments continues an interrupted run (``resume=True``
     additionally insists there is something to continue); different arguments on
     an existing split are refused. ``rank``/``world_size`` make this one of several
-    independent jobs (merge with :func:`synthviews.manifest.merge`); under torchrun
+    independent jobs (merge with :func:`synthviews.store.manifest.merge`); under torchrun
     the ranks come from the environment. Returns ``out``.
 
     One writer per folder: while a run writes ``out`` (or, with ranks, while a job of the

@@ -18,7 +18,7 @@ import zipfile
 from pathlib import Path
 from typing import Callable, Mapping
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 DECODE_BLOCK = 16  # anchors per generator call: fixed, so a sample's bytes never depend on the batch size
 MAX_DECODE_BLOCK = 4096

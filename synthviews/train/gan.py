@@ -1,7 +1,7 @@
 """Train a small StyleGAN2 (the project's own :class:`Generator`) on scikit-learn's digits.
 
 ``synthviews train-gan --out runs/digits`` (or :func:`train`) trains on the
-1,347 training images of the fixed split in :mod:`synthviews.digits`
+1,347 training images of the fixed split in :mod:`synthviews.train.digits`
 (upsampled to 32x32, scaled to [-1, 1]) and writes to ``--out``:
 
 - ``checkpoint.pt``: G, G_ema, D, both Adam states, step, image count, the
@@ -11,7 +11,7 @@
   ``--resume`` continues from it exactly (the next steps are bit-identical
   to an uninterrupted run on the same machine and thread count).
 - ``G_ema.safetensors``: the EMA generator with its constructor config in
-  the metadata (:func:`stylegan2_checkpoint.save_safetensors`), loadable with
+  the metadata (:func:`synthviews.models.stylegan2.checkpoint.save_safetensors`), loadable with
   ``load_model("stylegan2", path=...)``; ``--export`` writes a second copy.
 - ``samples-NNNNNN.png``: an 8x8 grid of G_ema images for fixed z at every
   checkpoint; ``log.jsonl``: losses, D outputs and speed every few steps.
@@ -69,8 +69,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import ConfigError
-from .models.stylegan2 import Generator, _bias_act, generator_config, modulated_conv2d, upsample2x
+from ..errors import ConfigError
+from ..models.stylegan2.networks import Generator, _bias_act, generator_config, modulated_conv2d, upsample2x
 
 SQRT2 = math.sqrt(2.0)
 CHECKPOINT = "checkpoint.pt"
@@ -431,7 +431,7 @@ class Trainer:
         trained on scikit-learn's BSD-licensed digits, no NVIDIA weights involved.
         Loaded with ``--model stylegan2 --path``, the file is labelled with it.
         """
-        from .models.stylegan2_checkpoint import save_safetensors
+        from ..models.stylegan2.checkpoint import save_safetensors
 
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
@@ -441,7 +441,7 @@ class Trainer:
     @torch.no_grad()
     def sample_grid(self, rows: int = 8, cols: int = 8, seed: int = 0) -> np.ndarray:
         """(H, W, C) uint8 grid of G_ema images for fixed z (constant noise, as the shipped model)."""
-        from .images import grid, to_uint8
+        from .._util.images import grid, to_uint8
 
         z = torch.randn(rows * cols, self.opts.z_dim, generator=torch.Generator().manual_seed(seed))
         img = self.G_ema(z, noise_mode="const")
@@ -550,7 +550,7 @@ def train(out, options: TrainOptions | None = None, steps: int | None = None, re
 
 
 def _checkpoint(trainer: Trainer, out: Path) -> None:
-    from .images import png_bytes
+    from .._util.images import png_bytes
 
     trainer.save(out / CHECKPOINT)
     trainer.export(out / EXPORT)

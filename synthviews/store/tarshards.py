@@ -14,7 +14,7 @@ import tarfile
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 class ShardError(ConfigError):

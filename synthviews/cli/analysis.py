@@ -49,10 +49,10 @@ _WALKER_FIELDS = {"steps": "steps", "batch": "batch", "warmup": "warmup", "eval_
 
 
 def _cmd_analyze(args) -> int:
-    from ..cli import _build_model
-    from .mi import Settings
-    from .report import analyze
-    from .walkers import WalkerSettings
+    from ..analysis.mi import Settings
+    from ..analysis.report import analyze
+    from ..analysis.walkers import WalkerSettings
+    from .app import _build_model
 
     if args.embed_policy and (args.path is None or not str(args.path).lower().endswith(".safetensors")):
         raise ConfigError(f"--embed-policy needs --path FILE.safetensors (the checkpoint to store it in), "
@@ -75,7 +75,7 @@ def _cmd_analyze(args) -> int:
     if args.embed_policy:
         import yaml
 
-        from ..models.stylegan2_checkpoint import embed_policy
+        from ..models.stylegan2.checkpoint import embed_policy
 
         embed_policy(args.path, yaml.safe_load((Path(out) / "policy.yaml").read_text()))
         print(f"stored the policy in {args.path}: it is now that checkpoint's default policy")
@@ -83,8 +83,8 @@ def _cmd_analyze(args) -> int:
 
 
 def _cmd_train_walker(args) -> int:
-    from ..cli import _build_model
-    from .walkers import WalkerSettings, train_walker
+    from ..analysis.walkers import WalkerSettings, train_walker
+    from .app import _build_model
 
     settings = WalkerSettings(**_overrides(args, _WALKER_FIELDS))
     out = args.out or f"walkers/{args.model}-{'-'.join(args.groups)}.pt"
@@ -104,8 +104,8 @@ _THREADS_HELP = ("CPU threads (default: 1, much faster than 2 when other jobs sh
 
 def add_commands(verbs) -> None:
     """Add ``analyze`` and ``train-walker`` to the subparsers object of ``synthviews.cli.build_parser``."""
-    from ..cli import _add_model_args
-    from .critic import CRITICS
+    from ..analysis.critic import CRITICS
+    from .app import _add_model_args
 
     p = verbs.add_parser(
         "analyze", help="measure I(x; x') per latent group and std; write a report and a chosen policy",

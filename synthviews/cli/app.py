@@ -15,9 +15,20 @@ import threading
 import yaml
 
 # Only light modules here: torch and the models load inside main(), so Ctrl-C during start-up is one line too.
-from .checks import (DECODE_BLOCK, MAX_BATCH_SIZE, MAX_DECODE_BLOCK, MAX_PREVIEW_SAMPLES, MAX_SAMPLES,
-                     MAX_SHARD_SIZE, MAX_SHARDS, MAX_VIEWS, MAX_WORKERS, load_yaml, short)
-from .errors import ConfigError
+from .._util.checks import (
+    DECODE_BLOCK,
+    MAX_BATCH_SIZE,
+    MAX_DECODE_BLOCK,
+    MAX_PREVIEW_SAMPLES,
+    MAX_SAMPLES,
+    MAX_SHARD_SIZE,
+    MAX_SHARDS,
+    MAX_VIEWS,
+    MAX_WORKERS,
+    load_yaml,
+    short,
+)
+from ..errors import ConfigError
 
 DEFAULT_MODEL = "digits"
 SEED_HELP = "seed, an integer in [0, 2**63)"
@@ -29,7 +40,7 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {short(message)} (see {self.prog} --help)\n")
 
-# What synthviews.writer.generate does when workers is None (tests/test_cli.py checks the two agree).
+# What synthviews.store.writer.generate does when workers is None (tests/test_cli.py checks the two agree).
 WORKERS_HELP = ("image-encoding threads (default: min(4, CPUs) with CUDA, max(1, min(4, CPUs // 2)) on CPU, "
                 "where the encoders share the cores with the generator)")
 
@@ -63,14 +74,14 @@ def _build_model(args):
     kwargs = dict(args.model_opt)
     if args.path is not None:
         kwargs["path"] = args.path
-    from .models import load_model
+    from ..models import load_model
 
     return load_model(args.model, **kwargs)
 
 
 def _cmd_preview(args) -> int:
-    from .preview import preview
-    from .views import ViewSampler
+    from ..analysis.preview import preview
+    from ..views import ViewSampler
 
     model = _build_model(args)
     sampler = ViewSampler(model, args.policy, views=args.views, seed=args.seed, device=args.device, amp=args.amp)
@@ -82,7 +93,7 @@ def _cmd_preview(args) -> int:
 
 
 def _cmd_generate(args) -> int:
-    from .writer import generate
+    from ..store.writer import generate
 
     out = args.out or f"shards/{args.model}"
     generate(out, _build_model(args), args.policy, samples=args.samples, views=args.views, seed=args.seed,
@@ -90,7 +101,7 @@ def _cmd_generate(args) -> int:
              device=args.device, amp=args.amp, save_latents=args.save_latents, split=args.split, resume=args.resume,
              decode_block=args.decode_block,
              rank=args.rank, world_size=args.world_size, workers=args.workers, progress=not args.no_progress)
-    from .manifest import read_manifest
+    from ..store.manifest import read_manifest
 
     manifest = read_manifest(out)
     if manifest and manifest["splits"].get(args.split, {}).get("complete"):
@@ -102,7 +113,7 @@ def _cmd_generate(args) -> int:
 
 
 def _cmd_verify(args) -> int:
-    from .verify import verify
+    from ..store.verify import verify
 
     problems = verify(args.out)
     for problem in problems:
@@ -116,9 +127,9 @@ def _cmd_merge(args) -> int:
     progress files go last); an already merged folder merges again to the same bytes."""
     from pathlib import Path
 
-    from .card import write_card
-    from .files import DatasetLock
-    from .manifest import fold_progress, pending_splits, read_manifest, remove_temporaries
+    from .._util.files import DatasetLock
+    from ..store.card import write_card
+    from ..store.manifest import fold_progress, pending_splits, read_manifest, remove_temporaries
 
     out = Path(args.out)
     if not out.is_dir():
@@ -139,11 +150,11 @@ def _cmd_merge(args) -> int:
 
 
 def _cmd_info(args) -> int:
-    from .models import available_models
-    from .policies import resolve_policy
+    from ..models import available_models
+    from ..policies import resolve_policy
 
     if args.dataset is not None:
-        from .verify import summary
+        from ..store.verify import summary
 
         print(summary(args.dataset))
         return 0
@@ -239,9 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p, default=None)
     p.set_defaults(run=_cmd_info)
 
-    from .analysis.commands import add_commands
-    from .hub import add_push_command
-    from .train_gan import add_train_gan_command
+    from ..store.hub import add_push_command
+    from ..train.gan import add_train_gan_command
+    from .analysis import add_commands
 
     add_commands(verbs)
     add_push_command(verbs)
@@ -250,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from . import __version__
+    from .. import __version__
 
     return __version__
 

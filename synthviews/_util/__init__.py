@@ -1,0 +1,1 @@
+"""Small shared helpers: files, images, devices, ranks and argument checks."""

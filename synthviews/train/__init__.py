@@ -1,0 +1,1 @@
+"""Trainers of the built-in generators and the digits data they learn from."""
