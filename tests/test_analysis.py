@@ -10,7 +10,7 @@ from PIL import Image
 
 import synthviews as sv
 from synthviews.analysis import Settings, analyze, classify, sweep
-from synthviews.analysis.choice import policy_yaml, write_policy
+from synthviews.analysis.choice import choose_policy, write_policy
 from synthviews.analysis.mi import cell_policy, confidence, estimate, torch_threads
 from synthviews.analysis.plots import nice_ticks
 from synthviews.analysis.report import ranking
@@ -124,7 +124,7 @@ def test_calls_and_policy_follow_the_documented_rule(tmp_path):
                                                      "under": "under-used", "bumpy": "semantic"}
     assert {g: c.tolerated_std for g, c in calls.items()} == {"sem": 0.1, "sem0": 0.0, "mid": 1.0, "under": 2.0,
                                                               "bumpy": 0.1}
-    policy = write_policy(tmp_path / "policy.yaml", policy_yaml(result, list(calls.values()), 0.9))
+    policy = write_policy(tmp_path / "policy.yaml", choose_policy(result, list(calls.values()), 0.9))
     assert policy.to_dict()["groups"] == {
         "sem": {"std": 0.1, "truncation": 2.0}, "sem0": "fixed", "mid": {"std": 1.0, "truncation": 2.0},
         "under": {"std": 2.0, "truncation": 2.0}, "bumpy": {"std": 0.1, "truncation": 2.0}, "unused": "fixed"}
@@ -135,7 +135,7 @@ def test_policy_file_keeps_group_names_yaml_would_read_as_numbers(tmp_path):
     # StyleGAN2 groups are named like 0_2 and 2_4: unquoted, YAML reads them as the integers 2 and 24.
     result = _fake_result({"0_2": [0.8, 0.5, 0.4, 0.1], "2_4": [1.0, 1.0, 0.99, 0.97]})
     result["model_groups"] = ["0_2", "2_4", "yes"]
-    policy = write_policy(tmp_path / "policy.yaml", policy_yaml(result, classify(result, 0.9, 0.95), 0.9))
+    policy = write_policy(tmp_path / "policy.yaml", choose_policy(result, classify(result, 0.9, 0.95), 0.9))
     assert policy.to_dict()["groups"] == {"0_2": "fixed", "2_4": {"std": 2.0, "truncation": 2.0}, "yes": "fixed"}
 
 
@@ -261,3 +261,29 @@ def test_quick_analysis_recovers_the_documented_order(quick_toy):
         assert max(drops, key=drops.get) == "shape"
         for a, b in zip(documented, documented[1:]):  # each not significantly below the next one
             assert drops[a] >= drops[b] - cells[a, std]["ci"] - cells[b, std]["ci"], (std, a, b)
+
+
+def test_settings_fields_carry_their_cli_help():
+    from synthviews._util.settings import described_fields, parse_floats, parse_truncation
+    from synthviews.analysis.walkers import WalkerSettings
+
+    fields = {f.name: f.metadata["setting"] for f in described_fields(Settings)}
+    assert set(fields) == {"stds", "truncation", "pairs", "eval_pairs", "batch", "eval_batch", "steps", "seeds",
+                           "seed", "critic", "resolution", "lr"}
+    assert fields["resolution"]["flag"] == "--critic-resolution" and fields["critic"]["choices"] == ("small", "resnet18")
+    assert all(meta["help"] and "default" not in meta["help"] for meta in fields.values())
+    assert fields["stds"]["type"] is parse_floats and fields["truncation"]["type"] is parse_truncation
+    assert parse_floats("0.5, 2") == (0.5, 2.0) and parse_truncation("none") is None and parse_truncation("3") == 3.0
+    for bad in ("", "a,b"):
+        with pytest.raises(ValueError, match="expected"):
+            parse_floats(bad)
+    walker = {f.name for f in described_fields(WalkerSettings)}
+    assert walker == {"steps", "batch", "warmup", "eval_every", "patience", "min_gain", "eval_pairs", "hidden",
+                      "critic", "resolution", "lr_critic", "lr_walker", "seed"}
+
+
+def test_the_sweep_checks_group_names_as_policies_do(toy16):
+    with pytest.raises(sv.ConfigError, match="^MI sweep: unknown latent group\\(s\\) 'nope' for model 'toy'"):
+        sweep(toy16, ["nope"], TINY, device="cpu")
+    with pytest.raises(sv.ConfigError, match="no latent group given"):
+        sweep(toy16, [], TINY, device="cpu")

@@ -1,17 +1,19 @@
 import argparse
 import json
 import math
+import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
 
 import synthviews as sv
 from synthviews.analysis import Settings, WalkerPolicy, WalkerSettings, analyze, load_walker, save_walker, train_walker
-from synthviews.analysis.walkers import FORMAT, Walker
 from synthviews.cli import main
 from synthviews.cli.analysis import add_commands
 from synthviews.policies import load_policy
+from synthviews.policies.walker import FORMAT, Walker
 from synthviews.views import ViewSampler
 
 SMALL = WalkerSettings(steps=40, batch=32, warmup=10, eval_every=10, patience=10, eval_pairs=64, resolution=16,
@@ -217,3 +219,22 @@ def test_resuming_gives_the_walker_an_uninterrupted_run_gives(toy16, tmp_path):
     assert a["history"] == b["history"]
     wa, wb = load_walker(tmp_path / "a.pt")[0], load_walker(tmp_path / "b.pt")[0]
     assert all(torch.equal(x, y) for x, y in zip(wa.state_dict().values(), wb.state_dict().values()))
+
+
+def test_the_walker_policy_file_is_written_by_save_policy(trained, tmp_path):
+    from synthviews.analysis.walkers import WALKER_POLICY_NOTE, write_walker_policy
+
+    out, _ = trained
+    path = tmp_path / "sub" / "combined.yaml"
+    path.parent.mkdir()
+    policy = write_walker_policy(path, [out])
+    text = path.read_text()
+    assert text.startswith("".join(f"# {line}\n" for line in WALKER_POLICY_NOTE.splitlines()) + "kind: walker\n")
+    assert isinstance(policy, WalkerPolicy) and policy.to_dict() == load_policy(path).to_dict()
+    assert policy.entries[0]["path"] == Path(os.path.relpath(out.resolve(), path.parent.resolve())).as_posix()
+
+
+def test_a_torch_file_that_is_not_a_walker_is_refused(tmp_path):
+    torch.save({"format": "something-else", "weights": {}}, tmp_path / "other.pt")
+    with pytest.raises(sv.ConfigError, match="not a synthviews walker checkpoint"):
+        load_walker(tmp_path / "other.pt")

@@ -119,7 +119,7 @@ def test_the_workers_help_states_the_default_generate_uses(tmp_path, monkeypatch
 
     import torch
 
-    from synthviews.cli.app import WORKERS_HELP
+    from synthviews.cli.datasets import WORKERS_HELP
     from synthviews.store import writer
 
     with pytest.raises(SystemExit):
@@ -161,3 +161,73 @@ def test_the_cli_starts_without_torch_so_ctrl_c_at_start_up_is_handled():
     code = "import sys, synthviews, synthviews.cli; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr
+
+
+def _settings_classes():
+    from synthviews.analysis.mi import Settings
+    from synthviews.analysis.walkers import WalkerSettings
+
+    return [("analyze", Settings), ("train-walker", WalkerSettings)]
+
+
+@pytest.mark.parametrize("verb", ["analyze", "train-walker"])
+def test_settings_flags_show_the_dataclass_help_and_default(capsys, verb):
+    """The flags are built from the settings fields: help and default come from the dataclass."""
+    from synthviews._util.settings import described_fields, show_default
+    from synthviews.cli._flags import flag_name
+
+    cls = dict(_settings_classes())[verb]
+    with pytest.raises(SystemExit):
+        main([verb, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    fields = described_fields(cls)
+    assert fields
+    for field in fields:
+        meta = field.metadata["setting"]
+        assert f"{meta['help']} (default: {show_default(field.default)})" in text, field.name
+        assert flag_name(field) in text
+
+
+def test_settings_flags_left_out_keep_the_defaults_and_none_is_a_value():
+    """``--truncation none`` means no cut: None is passed on, not mistaken for 'not given'."""
+    from synthviews import cli
+    from synthviews.analysis.mi import Settings
+    from synthviews.analysis.walkers import WalkerSettings
+    from synthviews.cli._flags import given
+
+    parser = cli.build_parser()
+    base = ["--groups", "pose"]
+    args = parser.parse_args(["analyze", *base])
+    assert given(args, Settings) == {}
+    args = parser.parse_args(["analyze", "--truncation", "none", "--critic-resolution", "16", "--stds", "0.5,2"])
+    assert given(args, Settings) == {"truncation": None, "resolution": 16, "stds": (0.5, 2.0)}
+    assert Settings(**given(args, Settings)).truncation is None
+    args = parser.parse_args(["train-walker", *base, "--lr-walker", "0.01", "--critic-resolution", "24"])
+    assert given(args, WalkerSettings) == {"lr_walker": 0.01, "resolution": 24}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["analyze", "--critic", "vgg"], "invalid choice"),
+    (["analyze", "--stds", "a,b"], "comma-separated numbers"),
+    (["train-walker", "--groups", "pose", "--min-gain", "x"], "invalid float value"),
+])
+def test_bad_settings_flags_are_one_line_and_exit_2(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit:
+        main(argv)
+    assert exit.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_every_verb_group_module_adds_its_verbs():
+    from synthviews import cli
+    from synthviews.cli import analysis, datasets, hub
+
+    verbs = cli.build_parser()._subparsers._group_actions[0].choices
+    assert list(verbs) == ["preview", "generate", "verify", "merge", "info", "analyze", "train-walker", "push",
+                           "train-gan"]
+    for module, names in ((datasets, ["preview", "generate", "verify", "merge", "info"]),
+                          (analysis, ["analyze", "train-walker"]), (hub, ["push"])):
+        parser = cli.app._Parser(prog="synthviews")
+        module.add_commands(parser.add_subparsers(dest="verb"))
+        assert list(parser._subparsers._group_actions[0].choices) == names

@@ -1,4 +1,5 @@
 import collections
+import json
 
 import numpy as np
 import pytest
@@ -356,3 +357,21 @@ def test_a_plain_dataloader_with_workers_works(dataset):
     dl = torch.utils.data.DataLoader(ShardViews(dataset), batch_size=16, num_workers=2)
     indices = torch.cat([index for _, index in dl]).tolist()
     assert sorted(indices) == list(range(200))
+
+
+def test_a_hub_manifest_is_checked_as_a_local_one_is(dataset, monkeypatch, tmp_path):
+    import huggingface_hub
+
+    bad = json.loads((dataset / "synthviews.json").read_text())
+    bad["splits"]["train"]["shards"][0]["count"] = "many"
+    (tmp_path / "synthviews.json").write_text(json.dumps(bad))
+
+    class FakeFS:
+        def open(self, path, mode="r"):
+            return open(tmp_path / "synthviews.json", mode)
+
+    monkeypatch.setattr(huggingface_hub, "HfFileSystem", FakeFS)
+    from synthviews.data.shards import resolve_source
+
+    with pytest.raises(sv.ConfigError, match=r"hf://datasets/me/views/synthviews.json: splits.train.*count"):
+        resolve_source("hf://datasets/me/views")

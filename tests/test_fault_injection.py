@@ -470,8 +470,8 @@ def test_rank_jobs_share_a_folder_but_not_a_rank_or_a_world_size(runs, tmp_path,
 
 
 def test_the_lock_is_invisible_to_verify_push_and_hugging_face_while_held(runs, tmp_path, monkeypatch):
-    from synthviews._util.files import DatasetLock
     from synthviews.store.hub import upload_plan
+    from synthviews.store.lock import DatasetLock
     from synthviews.store.verify import verify
 
     out = tmp_path / "ds"

@@ -11,10 +11,11 @@ import pytest
 from huggingface_hub import HfApi
 from huggingface_hub.utils import filter_repo_objects
 
+from synthviews.cli.hub import add_commands as add_push_command
 from synthviews.errors import ConfigError
 from synthviews.store import hub
 from synthviews.store.card import dataset_card
-from synthviews.store.hub import IGNORE_PATTERNS, add_push_command, allow_patterns, check_repo_id, push, upload_plan
+from synthviews.store.hub import IGNORE_PATTERNS, allow_patterns, check_repo_id, push, upload_plan
 from synthviews.store.manifest import read_manifest, write_manifest
 from synthviews.store.writer import generate
 

@@ -110,3 +110,47 @@ def test_missing_policy_file(tmp_path, toy):
 
 def test_default_policy_is_the_models(toy):
     assert resolve_policy(None, toy).to_dict()["groups"]["shape"] == "fixed"
+
+
+def test_save_policy_writes_comments_and_reads_the_file_back(tmp_path):
+    policy = GaussianPolicy({"0_2": None, "pose": GroupNoise(0.5, truncation=2.0)})
+    path = tmp_path / "p.yaml"
+    loaded = save_policy(policy, path, comments={"": "why this policy\nsecond line",
+                                                 "groups": {"pose": "pose: tolerated 0.5", "0_2": "kept fixed"}})
+    assert loaded.to_dict() == policy.to_dict()
+    text = path.read_text()
+    assert text.startswith("# why this policy\n# second line\nkind: gaussian\n")
+    assert "  # pose: tolerated 0.5\n  pose: {std: 0.5, truncation: 2.0}\n" in text
+    assert "  # kept fixed\n  '0_2': fixed\n" in text  # quoted: unquoted 0_2 reads back as the number 2
+    assert save_policy(policy, tmp_path / "plain.yaml", comments="one line").to_dict() == policy.to_dict()
+    assert (tmp_path / "plain.yaml").read_text().startswith("# one line\nkind: gaussian\n")
+
+
+@pytest.mark.parametrize("path, comments, message", [
+    ("p.json", "a note", "JSON policy file cannot hold comments"),
+    ("p.yaml", {"groups": {"shap": "typo"}}, "comments name key\\(s\\) \\['shap'\\]"),
+    ("p.yaml", {"kind": {"x": "note"}}, "not a mapping"),
+])
+def test_save_policy_refuses_comments_it_cannot_place(tmp_path, path, comments, message):
+    with pytest.raises(sv.ConfigError, match=message):
+        save_policy(GaussianPolicy({"pose": GroupNoise(0.5)}), tmp_path / path, comments=comments)
+    assert not (tmp_path / path).exists()
+
+
+def test_the_walker_kind_needs_nothing_from_the_analysis():
+    import subprocess
+    import sys
+
+    code = ("import sys, synthviews.policies as p; from synthviews.policies.walker import WalkerPolicy; "
+            "assert 'walker' in p._KINDS and p._KINDS['walker'] == WalkerPolicy.from_dict; "
+            "assert not any(m.startswith('synthviews.analysis') for m in sys.modules), 'analysis imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_every_policy_kind_checks_group_names_the_same_way(toy):
+    from synthviews.policies import check_groups
+
+    with pytest.raises(sv.ConfigError, match="^my policy: unknown latent group\\(s\\) 'nope' for model 'toy'"):
+        check_groups(["pose", "nope"], toy, "my policy")
+    with pytest.raises(sv.ConfigError, match="^random_subset policy: unknown latent group\\(s\\) 'nope'"):
+        resolve_policy(RandomSubsetPolicy(0.5, (0.1, 0.2), groups=["nope"]), toy)

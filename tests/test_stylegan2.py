@@ -414,3 +414,30 @@ def test_fused_and_unfused_modulated_conv_agree(up, demodulate):
     out = [modulated_conv2d(x, weight, styles, demodulate, up=up, f=fir_filter(), fused=fused) for fused in (True, False)]
     assert out[0].shape == (3, 5, 6 * up, 6 * up)
     torch.testing.assert_close(out[0], out[1], rtol=1e-4, atol=1e-4)
+
+
+# --- one forward for training and inference --------------------------------------------
+
+@torch.no_grad()
+def test_random_noise_comes_from_the_given_generator(tiny):
+    g, gold, _ = tiny
+    ws = gold["ws_psi1"]
+    draw = lambda seed: g.synthesis(ws, noise_mode="random", generator=torch.Generator().manual_seed(seed))  # noqa: E731
+    assert torch.equal(draw(1), draw(1))  # reproducible: the training RNG decides the noise
+    assert not torch.equal(draw(1), draw(2))
+    assert not torch.equal(draw(1), g.synthesis(ws, noise_mode="const"))
+    torch.manual_seed(5)
+    a = g.synthesis(ws, noise_mode="random")  # no generator: torch's global RNG, as before
+    torch.manual_seed(5)
+    assert torch.equal(a, g.synthesis(ws, noise_mode="random"))
+    # the generator only feeds "random": the inference modes ignore it
+    assert torch.equal(g.synthesis(ws, noise_mode="const", generator=torch.Generator().manual_seed(3)),
+                       g.synthesis(ws, noise_mode="const"))
+
+
+@torch.no_grad()
+def test_both_modulated_conv_forms_give_the_goldens(tiny):
+    g, gold, _ = tiny
+    for fused in (True, False):
+        assert maxdiff(g.synthesis(gold["ws_psi1"], noise_mode="const", fused_modconv=fused),
+                       gold["img_psi1_const"]) <= TOL

@@ -12,16 +12,16 @@ import torch
 pytest.importorskip("sklearn")
 
 from synthviews import cli  # noqa: E402
+from synthviews.cli.train import add_commands as add_train_gan_command  # noqa: E402
 from synthviews.errors import ConfigError  # noqa: E402
 from synthviews.models import load_model  # noqa: E402
 from synthviews.models.digits import WEIGHTS  # noqa: E402  (the shipped file)
 from synthviews.train.digits import NUM_IMAGES, load_digits_split, split_indices  # noqa: E402
-from synthviews.train.gan import (
+from synthviews.train.discriminator import Discriminator  # noqa: E402
+from synthviews.train.gan import (  # noqa: E402
     CHECKPOINT,
     EXPORT,
-    Discriminator,
     Trainer,
-    add_train_gan_command,
     augment,
     preset,
     read_checkpoint,
@@ -81,6 +81,23 @@ def test_training_forward_matches_the_inference_synthesis():
         ws = g.mapping(torch.randn(3, g.z_dim))
         ws = ws + torch.randn_like(ws)  # different rows, as with style mixing
         assert torch.allclose(synthesize(g.synthesis, ws, False), g.synthesis(ws, noise_mode="const"), atol=1e-4)
+
+
+def test_the_trainer_runs_the_models_own_synthesis(monkeypatch):
+    """No private copy of the forward: the fakes come from G.synthesis, with random noise from the run's RNG."""
+    t = Trainer(tiny(), torch.rand(8, 1, 32, 32))
+    calls = []
+    real = type(t.G.synthesis).forward
+
+    def spy(self, ws, **kwargs):
+        calls.append((self, kwargs))
+        return real(self, ws, **kwargs)
+
+    monkeypatch.setattr(type(t.G.synthesis), "forward", spy)
+    with torch.no_grad():
+        t.fakes(4)
+    assert len(calls) == 1 and calls[0][0] is t.G.synthesis
+    assert calls[0][1]["noise_mode"] == "random" and calls[0][1]["generator"] is t.rng
 
 
 def test_discriminator_and_augment_shapes():

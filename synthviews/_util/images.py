@@ -1,5 +1,6 @@
-"""Conversion of [0, 1] float images to uint8 arrays, grids and PNG bytes: the edge where pixels leave torch,
-and the way back from stored image bytes to arrays with the dataset's declared channels."""
+"""Conversion of [0, 1] float images to uint8 arrays, grids and PNG bytes: the edge where pixels leave torch.
+
+How a dataset's views are stored and read back is the format's (``store.format``)."""
 
 from __future__ import annotations
 
@@ -33,23 +34,3 @@ def png_bytes(array: np.ndarray) -> bytes:
     Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array).save(buf, format="PNG", compress_level=6)
     return buf.getvalue()
 
-
-def stored_channels(fmt: str, channels: int) -> int:
-    """Channels an image of ``channels`` has once stored as ``fmt``.
-
-    WebP has no grey mode, so 1-channel views are stored as RGB with R = G = B;
-    readers turn them back into one channel with :func:`decode_image`.
-    """
-    return 3 if fmt == "webp" and channels == 1 else channels
-
-
-def decode_image(data: bytes, channels: int | None = None) -> np.ndarray:
-    """Image file bytes -> (H, W, C) uint8 with the dataset's declared ``channels`` (1 or 3).
-
-    ``None`` keeps what the file holds (grey stays 1 channel, anything else
-    becomes RGB): for shards read without a manifest.
-    """
-    with Image.open(io.BytesIO(data)) as im:
-        mode = {1: "L", 3: "RGB"}.get(channels) or ("L" if im.mode == "L" else "RGB")
-        array = np.asarray(im if im.mode == mode else im.convert(mode))
-    return array[..., None] if array.ndim == 2 else array

@@ -33,3 +33,24 @@ def show_default(value) -> str:
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)
+
+
+def parse_floats(text: str) -> tuple[float, ...]:
+    """``0.1,0.5,2`` as a tuple of floats (e.g. the text of ``--stds``); ValueError says what is wrong."""
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise ValueError("expected at least one number")
+    return values
+
+
+def parse_truncation(text: str) -> float | None:
+    """A number of stds, or ``none``/``null`` for no cut (the text of ``--truncation``)."""
+    if text.lower() in ("none", "null"):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"expected a number of stds or 'none', got {text!r}") from None

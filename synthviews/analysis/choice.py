@@ -19,12 +19,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
-import yaml
-
-from .._util.files import write_atomic
 from ..errors import ConfigError
-from ..policies import load_policy
+from ..policies import GaussianPolicy, GroupNoise, Policy, save_policy
 
 SEMANTIC, UNDER_USED, BETWEEN = "semantic", "under-used", "in between"
 
@@ -78,48 +76,50 @@ def classify(result: dict, target: float = 0.9, near: float = 0.95) -> list[Grou
     return calls
 
 
-def policy_yaml(result: dict, calls: list[GroupCall], target: float) -> str:
-    """The chosen per-group Gaussian policy as commented YAML (a file ``load_policy`` reads)."""
+class ChosenPolicy(NamedTuple):
+    """The policy the analysis chose and the comments that say why (``save_policy``'s ``comments``)."""
+
+    policy: GaussianPolicy
+    comments: dict
+
+
+def choose_policy(result: dict, calls: list[GroupCall], target: float) -> ChosenPolicy:
+    """The chosen per-group Gaussian policy, every number behind it in its comments.
+
+    Groups of the model that were not analysed stay fixed.
+    """
     ref, trunc = result["reference"], result["settings"]["truncation"]
     cells = {(c["group"], c["std"]): c for c in result["cells"]}
-    lines = [
-        "# Policy chosen by `synthviews analyze` from the MI measurements in report.md / results.json.",
-        f"# Model {result['model']['model_id']}. Ceiling: MI(x' = x) = {ref['mi']:.3f} +- {ref['ci']:.3f} nats "
+    header = [
+        "Policy chosen by `synthviews analyze` from the MI measurements in report.md / results.json.",
+        f"Model {result['model']['model_id']}. Ceiling: MI(x' = x) = {ref['mi']:.3f} +- {ref['ci']:.3f} nats "
         f"(log N = {result['log_n']:.3f}, N = {result['settings']['eval_batch']}).",
-        f"# Rule: each group gets the largest std tested whose MI stays >= {target:.0%} of the ceiling at it",
-        "# and at every smaller std; 'fixed' if even the smallest std falls below.",
-        f"# Noise is N(0, std) cut at +-{trunc} std, as measured." if trunc is not None else
-        "# Noise is N(0, std), untruncated, as measured.",
-        "kind: gaussian",
-        "default: fixed",
-        "groups:",
+        f"Rule: each group gets the largest std tested whose MI stays >= {target:.0%} of the ceiling at it",
+        "and at every smaller std; 'fixed' if even the smallest std falls below.",
+        f"Noise is N(0, std) cut at +-{trunc} std, as measured." if trunc is not None else
+        "Noise is N(0, std), untruncated, as measured.",
     ]
     analysed = {c.group: c for c in calls}
+    groups, notes = {}, {}
     for group in result["model_groups"]:
-        call, name = analysed.get(group), _yaml_key(group)
+        call = analysed.get(group)
         if call is None:
-            lines += [f"  # {name}: not analysed", f"  {name}: fixed"]
-            continue
-        lines.append(f"  # {name}: {call.kind}; {call.reason}.")
-        if call.tolerated_std == 0:
+            groups[group], notes[group] = None, f"{group}: not analysed"
+        elif call.tolerated_std == 0:
             c = cells[(group, min(call.rel))]
-            lines.append(f"  # MI {c['mi']:.3f} +- {c['ci']:.3f} at the smallest std {c['std']:g}: keep it fixed.")
-            lines.append(f"  {name}: fixed")
+            groups[group] = None
+            notes[group] = (f"{group}: {call.kind}; {call.reason}.\n"
+                            f"MI {c['mi']:.3f} +- {c['ci']:.3f} at the smallest std {c['std']:g}: keep it fixed.")
         else:
             c = cells[(group, call.tolerated_std)]
-            lines.append(f"  # At std {c['std']:g}: MI {c['mi']:.3f} +- {c['ci']:.3f} ({c['mi'] / ref['mi']:.0%}), "
-                         f"delta {c['delta_mean']:.2f} +- {c['delta_std']:.2f}, pixel change {c['pixel_change']:.4f}.")
-            spec = {"std": call.tolerated_std} if trunc is None else {"std": call.tolerated_std, "truncation": trunc}
-            lines.append(f"  {name}: {yaml.safe_dump(spec, default_flow_style=True).strip()}")
-    return "\n".join(lines) + "\n"
+            groups[group] = GroupNoise(std=call.tolerated_std, truncation=trunc)
+            notes[group] = (f"{group}: {call.kind}; {call.reason}.\n"
+                            f"At std {c['std']:g}: MI {c['mi']:.3f} +- {c['ci']:.3f} ({c['mi'] / ref['mi']:.0%}), "
+                            f"delta {c['delta_mean']:.2f} +- {c['delta_std']:.2f}, pixel change "
+                            f"{c['pixel_change']:.4f}.")
+    return ChosenPolicy(GaussianPolicy(groups), {"": "\n".join(header), "groups": notes})
 
 
-def _yaml_key(name: str) -> str:
-    """A group name as a YAML key that reads back as that string (``0_2`` unquoted is the number 2)."""
-    return yaml.safe_dump(name, width=float("inf")).splitlines()[0]
-
-
-def write_policy(path: str | Path, text: str):
-    """Write the policy file and read it back as every other verb will (a bad file fails here, not later)."""
-    write_atomic(path, text.encode())
-    return load_policy(path)
+def write_policy(path: str | Path, chosen: ChosenPolicy) -> Policy:
+    """Save the chosen policy with its comments; returns it as read back from the file."""
+    return save_policy(chosen.policy, path, comments=chosen.comments)

@@ -27,9 +27,10 @@ import numpy as np
 import torch
 
 from .._util.device import resolve_device
+from .._util.settings import parse_floats, parse_truncation, setting
 from ..errors import ConfigError
 from ..models.base import MLVGM
-from ..policies import GaussianPolicy, GroupNoise, Policy
+from ..policies import GaussianPolicy, GroupNoise, Policy, check_groups
 from ..views import ViewSampler
 from .critic import CRITICS, bounds, make_critic, prepare, train_critic
 
@@ -39,20 +40,23 @@ REFERENCE = "reference"  # group name of the x' = x cell
 
 @dataclass(frozen=True)
 class Settings:
-    """How the sweep measures; ``quick()`` is the setting for tests (well under a minute on toy)."""
+    """How the sweep measures; ``quick()`` is a smaller setting for tests and a first look."""
 
-    stds: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0, 2.0)
-    truncation: float | None = 2.0  # perturbation noise ~ N(0, std) cut at +-truncation std
-    pairs: int = 2048               # critic training pairs per cell and seed
-    eval_pairs: int = 1024          # held-out pairs per cell and seed
-    batch: int = 64                 # critic training batch (the reference method's 64)
-    eval_batch: int = 256           # N candidates per held-out bound: the ceiling is log N
-    steps: int = 200                # critic training steps per cell and seed
-    seeds: int = 2                  # repetitions with other anchors and critic initialisations
-    seed: int = 0                   # first seed; the others are seed+1, seed+2, ...
-    critic: str = "small"           # "small" (CPU) or "resnet18" (the reference critic)
-    resolution: int = 32            # critic input size (images are resized to it)
-    lr: float = 1e-3                # critic Adam lr (reference: 5e-5 for a long ResNet-18 run)
+    stds: tuple[float, ...] = setting((0.1, 0.25, 0.5, 1.0, 2.0), "comma-separated perturbation stds",
+                                      type=parse_floats)
+    # perturbation noise ~ N(0, std) cut at +-truncation std
+    truncation: float | None = setting(2.0, "noise cut at +-T std, or 'none'", type=parse_truncation)
+    pairs: int = setting(2048, "critic training pairs per cell and seed")
+    eval_pairs: int = setting(1024, "held-out pairs per cell and seed")
+    batch: int = setting(64, "critic training batch")  # the reference method's 64
+    eval_batch: int = setting(256, "N candidates per held-out bound; ceiling log N")
+    steps: int = setting(200, "critic training steps per cell and seed")
+    seeds: int = setting(2, "repetitions with other anchors and critics")
+    seed: int = setting(0, "first seed")  # the others are seed+1, seed+2, ...
+    critic: str = setting("small", "small CNN or the reference ResNet-18", choices=CRITICS)
+    resolution: int = setting(32, "critic input size in pixels", flag="--critic-resolution")
+    # Adam; the reference method uses 5e-5 for a long ResNet-18 run
+    lr: float = setting(1e-3, "critic learning rate")
     temperature: float = 0.1
     gen_batch: int = 128            # anchors decoded per generator call
 
@@ -230,10 +234,10 @@ def sweep(model: MLVGM, groups=None, settings: Settings | None = None, device="a
 def _sweep(model, groups, settings, device, progress) -> dict:
     settings = settings or Settings()
     groups = list(model.group_names if groups is None else groups)
-    unknown = [g for g in groups if g not in model.group_names]
-    if unknown or not groups:
-        raise ConfigError(f"unknown latent group(s) {', '.join(map(repr, unknown)) or '(none given)'} for model "
-                          f"{model.family!r}; its groups are: {', '.join(model.group_names)}")
+    check_groups(groups, model, "MI sweep")
+    if not groups:
+        raise ConfigError(f"MI sweep: no latent group given; the groups of model {model.family!r} are: "
+                          f"{', '.join(model.group_names)}")
     device = resolve_device(device)
     seeds = [settings.seed + k for k in range(settings.seeds)]
     total = len(seeds) * (1 + len(groups) * len(settings.stds))

@@ -14,10 +14,11 @@ from .._util.device import resolve_device
 from .._util.files import write_atomic
 from ..errors import ConfigError
 from ..models.base import MLVGM
-from .choice import SEMANTIC, check_fractions, classify, policy_yaml, write_policy
+from ..policies import WalkerPolicy
+from .choice import SEMANTIC, check_fractions, choose_policy, classify, write_policy
 from .mi import REFERENCE, Settings, estimate, pool, sweep, torch_threads
 from .plots import line_plot
-from .walkers import WalkerPolicy, WalkerSettings, train_walker, walker_policy_yaml
+from .walkers import WalkerSettings, train_walker, write_walker_policy
 
 CSV_FIELDS = ("group", "std", "mi", "ci", "rel", "delta_mean", "delta_std", "pixel_change", "train_loss",
               "identical", "per_seed")
@@ -54,7 +55,7 @@ def _analyze(model, out, groups, settings, target_mi, near, device, walkers, wal
     calls = classify(result, target_mi, near)
     result.update(target_mi=target_mi, near=near, calls=[asdict(c) for c in calls])
     out.mkdir(parents=True, exist_ok=True)
-    write_policy(out / "policy.yaml", policy_yaml(result, calls, target_mi))
+    write_policy(out / "policy.yaml", choose_policy(result, calls, target_mi))
 
     if walkers:
         result["walkers"] = _walkers(model, result, calls, settings, walker_settings or WalkerSettings(),
@@ -87,7 +88,7 @@ def _walkers(model, result, calls, settings, ws, out, device, progress) -> list[
         rows.append(summary)
     keep = [r["checkpoint"] for r, c in zip(rows, calls) if c.kind != SEMANTIC]
     if keep:  # walkers of the groups that are not semantic, combined
-        write_atomic(out / "walker_policy.yaml", walker_policy_yaml(out / "walker_policy.yaml", keep).encode())
+        write_walker_policy(out / "walker_policy.yaml", keep)
     return rows
 
 

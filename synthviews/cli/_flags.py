@@ -11,20 +11,36 @@ def flag_name(field) -> str:
     return field.metadata["setting"]["flag"] or "--" + field.name.replace("_", "-")
 
 
-def add_flags(parser: argparse.ArgumentParser, cls, only=None, defaults=None) -> None:
-    """Add a flag for every described field of ``cls`` (or those named in ``only``). A flag left out
-    parses to None, so :func:`given` keeps the dataclass default; ``defaults`` shows other defaults
-    in the help (e.g. of a preset) without changing what is parsed."""
+def add_flags(parser, cls, only=None, defaults=None) -> None:
+    """Add a flag for every described field of ``cls`` (or those named in ``only``) to ``parser``
+    (a parser or an argument group). The value lands in ``args.<field name>``; a flag left out sets
+    nothing, so :func:`given` keeps the dataclass default, even where the flag can say None (e.g.
+    ``--truncation none``). ``defaults`` shows other defaults in the help (e.g. of a preset)
+    without changing what is parsed."""
     for field in described_fields(cls):
         if only is not None and field.name not in only:
             continue
-        meta = field.metadata["setting"]
+        meta, flag = field.metadata["setting"], flag_name(field)
         shown = (defaults or {}).get(field.name, field.default)
-        kind = meta["type"] or (type(field.default) if field.default is not None else str)
-        parser.add_argument(flag_name(field), dest=field.name, type=kind, choices=meta["choices"], default=None,
+        kind = _argparse_type(meta["type"]) if meta["type"] else type(field.default) if field.default is not None else str
+        metavar = None if meta["choices"] else flag[2:].replace("-", "_").upper()  # None: {a,b} lists the choices
+        parser.add_argument(flag, dest=field.name, metavar=metavar, type=kind, choices=meta["choices"],
+                            default=argparse.SUPPRESS,
                             help=f"{meta['help']} (default: {show_default(shown)})")
 
 
+def _argparse_type(parse):
+    """``parse`` for argparse: its ValueError text becomes the one-line usage error."""
+    def parse_flag(text):
+        try:
+            return parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    parse_flag.__name__ = parse.__name__  # argparse names the type in some messages
+    return parse_flag
+
+
 def given(args: argparse.Namespace, cls) -> dict:
-    """The described fields of ``cls`` that the command line set (unset ones keep the defaults)."""
-    return {f.name: getattr(args, f.name) for f in described_fields(cls) if getattr(args, f.name, None) is not None}
+    """The described fields of ``cls`` that the command line set, by field name (unset ones are absent)."""
+    return {f.name: getattr(args, f.name) for f in described_fields(cls) if hasattr(args, f.name)}

@@ -34,8 +34,8 @@ class ContinuousViews(torch.utils.data.IterableDataset):
 
     - ``crops``: images per item, >= 2 (default 2): the anchor and ``crops - 1`` positives.
     - ``views``: K, positives per anchor, as in ``ViewSampler`` and ``generate``; optional,
-      it must equal ``crops - 1`` (every generated image is returned). It used to count
-      images, so a mismatch is an error rather than a silently different count.
+      it must equal ``crops - 1`` (every generated image is returned); a mismatch is an error
+      rather than a silently different count.
     - ``epoch_samples``: samples per epoch over all ranks (e.g. a real dataset's size);
       each rank yields ``epoch_samples // (batch_size * ranks)`` batches.
     - ``t_x``: preset name (``simclr``, ``no_color``, ``no_crop``, ``none``), a callable

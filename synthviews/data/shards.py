@@ -16,7 +16,6 @@ from __future__ import annotations
 import bisect
 import io
 import itertools
-import json
 import random
 import warnings
 from pathlib import Path
@@ -25,14 +24,23 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 import webdataset as wds
-from PIL import Image
 
+from .._util.checks import MAX_JSON_BYTES
 from .._util.distributed import training_ranks, worker_slot
-from .._util.images import stored_channels
 from ..errors import ConfigError
 from ..latents import Streams
-from ..store.manifest import MANIFEST_NAME
-from ..store.tarshards import ShardError, checked_samples
+from ..store.format import (
+    JSON_FIELD,
+    LATENTS_FIELD,
+    MANIFEST_NAME,
+    decode_view,
+    split_fields,
+    stored_hwc,
+    view_fields,
+    view_number,
+)
+from ..store.manifest import parse_manifest, read_manifest
+from ..store.tarshards import ShardError, check_meta, checked_samples
 from .augment import Augment, make_augment
 from .formats import ViewChoice, check_output, format_item
 
@@ -57,18 +65,16 @@ def _resolve(source, split: str) -> tuple[list[str], list[dict] | None, dict | N
         root = text[len("hf://"):].rstrip("/")
         try:
             with HfFileSystem().open(f"{root}/{MANIFEST_NAME}", "r") as f:
-                manifest = json.load(f)
+                manifest_text = f.read(MAX_JSON_BYTES + 1)
         except (OSError, ValueError) as e:
             raise ConfigError(f"cannot read {MANIFEST_NAME} of {text}: {e}") from None
-        entry = _manifest_split(manifest, split, text)
+        entry = _manifest_split(parse_manifest(manifest_text, f"{text}/{MANIFEST_NAME}"), split, text)
         return [f"hf://{root}/{r['name']}" for r in entry["shards"]], entry["shards"], entry["config"]
     path = Path(text)
     if path.is_dir():
         if not (path / MANIFEST_NAME).is_file():
             raise ConfigError(f"{path} holds no {MANIFEST_NAME}: not a synthviews dataset folder "
                               f"(pass shard paths or a brace pattern instead)")
-        from ..store.manifest import read_manifest
-
         entry = _manifest_split(read_manifest(path), split, str(path))
         return [str(path / r["name"]) for r in entry["shards"]], entry["shards"], entry["config"]
     urls = wds.shardlists.expand_urls(text)
@@ -94,8 +100,7 @@ class ShardViews(torch.utils.data.IterableDataset):
     an item returns ``crops`` of them, chosen by ``pairs``:
 
     - ``crops``: images per item (default 2), each (C, H, W) float in [0, 1] with the channels
-      the manifest declares; ``views=`` is refused, since K comes from the manifest
-      (``views`` used to mean this count here).
+      the manifest declares; ``views=`` is refused, since K comes from the manifest.
     - ``pairs``: ``"anchor+random"`` (default: 2 crops), ``"random"`` (``crops`` distinct
       stored views) or explicit view indices; the choice is a pure function of
       (seed, epoch, sample index).
@@ -140,11 +145,8 @@ class ShardViews(torch.utils.data.IterableDataset):
         self.view_names = self.fields = self.stored_hwc = None
         if self.config is not None:
             self.choice.check_stored(self.config["views"] + 1)
-            fmt, (c, h, w) = self.config["image"]["format"], self.config["image"]["shape"]
-            self.view_names = [f"view{v}.{fmt}" for v in range(self.config["views"] + 1)]
-            self.fields = set(self.view_names) | {"json"} | ({"latents.npy"} if self.config.get("save_latents")
-                                                             else set())
-            self.stored_hwc = (h, w, stored_channels(fmt, c))
+            self.view_names = view_fields(self.config["image"]["format"], self.config["views"])
+            self.fields, self.stored_hwc = split_fields(self.config), stored_hwc(self.config)
         self.output = check_output(output)
         if (return_meta or return_latents) and output != "dict":
             raise ConfigError("return_meta/return_latents need output='dict'")
@@ -346,7 +348,7 @@ class ShardViews(torch.utils.data.IterableDataset):
         """The stored views' field names in order; without a manifest they must be view0..viewN."""
         if self.view_names is not None:
             return self.view_names
-        found = {int(f[4:].split(".")[0]): f for f in sample if f.startswith("view") and f[4:].split(".")[0].isdigit()}
+        found = {view_number(f): f for f in sample if view_number(f) is not None}
         if sorted(found) != list(range(len(found))) or not found:
             raise ShardError(f"{where}: stored views {sorted(found)} are not view0..viewN (a view is missing)")
         return [found[v] for v in range(len(found))]
@@ -359,19 +361,14 @@ class ShardViews(torch.utils.data.IterableDataset):
             index = int(key)
             stored = self._stored(sample, where)
             chosen = self.choice(index, self.epoch, len(stored))
-            images = [self._decode(sample[stored[v]], stored[v]) for v in chosen]
+            images = [decode_view(sample[stored[v]], stored[v], self.stored_hwc, self.channels) for v in chosen]
             extra = {}
             if self.config is not None or self.return_meta:
-                try:
-                    meta = json.loads(sample["json"])
-                except ValueError as e:
-                    raise ValueError(f"json does not parse ({type(e).__name__}: {e})") from None
-                if self.config is not None and meta.get("index") != index:
-                    raise ValueError(f"its json says index {meta.get('index')!r}")
+                meta = check_meta(sample[JSON_FIELD], index if self.config is not None else None)
                 if self.return_meta:
                     extra["json"] = meta
             if self.return_latents:
-                extra["latents"] = torch.from_numpy(np.load(io.BytesIO(sample["latents.npy"]), allow_pickle=False))
+                extra["latents"] = torch.from_numpy(np.load(io.BytesIO(sample[LATENTS_FIELD]), allow_pickle=False))
         except ShardError:
             raise
         except Exception as e:  # noqa: BLE001 (PIL, json and numpy raise many types for corrupt bytes)
@@ -379,26 +376,6 @@ class ShardViews(torch.utils.data.IterableDataset):
             raise ShardError(f"{where} is unusable ({reason})") from None
         views = [self._view(x, index, v, slot) for slot, (v, x) in enumerate(zip(chosen, images))]
         return format_item(self.output, views, index, key, extra)
-
-    def _decode(self, data: bytes, name: str) -> np.ndarray:
-        """Stored view bytes -> (H, W, C) uint8 with the manifest's channels, after checking the stored
-        size and channels against the manifest (as :func:`synthviews._util.images.decode_image`, in one open)."""
-        try:
-            with Image.open(io.BytesIO(data)) as im:
-                shape = (im.height, im.width, len(im.getbands()))
-                if self.stored_hwc is not None and shape != self.stored_hwc:
-                    h, w, c = self.stored_hwc
-                    raise _Mismatch(f"{name} is {shape[1]}x{shape[0]} with {shape[2]} channels, the manifest says "
-                                    f"{w}x{h} with {c}")
-                mode = {1: "L", 3: "RGB"}.get(self.channels) or ("L" if im.mode == "L" else "RGB")
-                array = np.asarray(im if im.mode == mode else im.convert(mode))
-        except _Mismatch:
-            raise
-        except Image.UnidentifiedImageError:
-            raise ValueError(f"{name} is not a readable image (damaged header)") from None
-        except Exception as e:  # noqa: BLE001 (PIL raises many types for corrupt data)
-            raise ValueError(f"{name} does not decode ({type(e).__name__}: {e})") from None
-        return array[..., None] if array.ndim == 2 else array
 
     def _view(self, array: np.ndarray, index: int, view: int, slot: int) -> torch.Tensor:
         """A decoded stored view ``view``, then T_x seeded by (index, epoch, view, slot): ``pairs=[0, 0]``
@@ -408,10 +385,6 @@ class ShardViews(torch.utils.data.IterableDataset):
             return x
         seed = int(Streams(self.seed).keys([index], self.epoch, f"view{view}/{slot}", "t_x")[0] >> np.uint64(1))
         return self.t_x(x, seed)
-
-
-class _Mismatch(ValueError):
-    """A stored view of another size or channel count than the manifest declares."""
 
 
 def _make_t_x(t_x, size: int):

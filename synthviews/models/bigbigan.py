@@ -21,8 +21,6 @@ made from it is reported as ``apache-2.0``.
 
 from __future__ import annotations
 
-import pickle
-import warnings
 from pathlib import Path
 from typing import Mapping
 
@@ -30,13 +28,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._util.checks import MAX_WEIGHTS_BYTES, brief, check_tensors, check_torch_file, error
+from .._util.checks import brief
 from .._util.device import amp_context, one_cpu_thread, resolve_device
 from .._util.files import sha256_file
 from ..errors import ConfigError
 from ..latents import LatentGroup, TruncatedNormal
 from ._registry import register_model
 from .base import MLVGM, ChunkedLatents
+from .weights import flat_tensors, read_tensors
 
 SN_EPS = 1e-4  # spectral-norm vector normalisation
 CCBN_EPS = 1e-4  # conditional batch norms (BN_eps of the original config)
@@ -230,7 +229,7 @@ class BigBiGAN(ChunkedLatents, MLVGM):
             self.source = {"path": str(path), "sha256": sha256}
             what = f"BigBiGAN generator file {path}"
         elif weights is not None:
-            state_dict = flat_state_dict(weights, what)
+            state_dict = flat_tensors(weights, what)
         overrides = dict(config or {})
         if ch is not None:
             overrides["ch"] = ch
@@ -373,54 +372,12 @@ def _sizes_from_state_dict(sd: Mapping[str, torch.Tensor]) -> dict:
     return sizes
 
 
-
 # --- reading weight files (code-free) -------------------------------------------
 
 def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
-    """Load a flat name -> tensor dict without running code from the file; also its sha256.
-
-    ``.safetensors`` files go through safetensors; anything else through
-    ``torch.load(weights_only=True)``, which refuses pickled objects.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"model file {path} does not exist (or is not a file)")
-    check_torch_file(path, "model file", MAX_WEIGHTS_BYTES)  # also refuses a FIFO or device: no hang
-    sha256 = sha256_file(path)
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-            sd = load_file(str(path))
-        else:
-            with warnings.catch_warnings():  # torch's warnings about foreign pickles: the error says enough
-                warnings.simplefilter("ignore")
-                sd = torch.load(path, map_location="cpu", weights_only=True)
-    except ImportError:
-        raise ConfigError(f"{path}: reading .safetensors needs the 'safetensors' package (pip install safetensors)") from None
-    except Exception as e:  # noqa: BLE001 - any failure here means a bad file
-        # torch's weights-only errors open with generic advice; keep the line that says what failed.
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()] or [type(e).__name__]
-        reason = next((ln for ln in lines if "Unsupported" in ln), lines[0])
-        if isinstance(e, pickle.UnpicklingError) and "GLOBAL" in str(e):  # refused a class/function
-            raise ConfigError(
-                f"{path} holds Python objects, not just tensors; synthviews never runs code from a model file. "
-                "Re-save the generator with torch.save(model.state_dict(), path)") from None
-        raise error(f"{path} cannot be read as a weights file (truncated or not a checkpoint?): {reason}") from None
-    sd = flat_state_dict(sd, str(path))
-    check_tensors(sd, str(path))
-    return sd, sha256
-
-
-def flat_state_dict(sd, what: str) -> dict[str, torch.Tensor]:
-    """``sd`` as a dict of name -> tensor, or a ConfigError saying what it is instead."""
-    if not isinstance(sd, Mapping):
-        raise ConfigError(f"{what} holds a {type(sd).__name__}, not a state dict (a dict of name -> tensor)")
-    others = [k for k, v in sd.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
-    if others:
-        raise ConfigError(
-            f"{what} is not a flat state dict: entries {_first(others)} are not tensors; if the generator's "
-            "weights sit under one of these keys, use that inner dict on its own")
-    return dict(sd)
+    """A flat name -> tensor dict read without running code from the file (see :mod:`..weights`); its sha256."""
+    state, _ = read_tensors(path, "BigBiGAN weights")
+    return state, sha256_file(path)
 
 
 def check_state_dict(model: nn.Module, sd: Mapping[str, torch.Tensor], what: str, config: dict) -> None:

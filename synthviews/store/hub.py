@@ -11,30 +11,26 @@ incomplete split, one with more files than a Hub folder takes, and one where
 shards of every split of the manifest, ``synthviews.json``, ``README.md`` and ``preview.png``; never
 hidden or temporary files, rank progress files or anything else in the folder.
 
-The upload is huggingface_hub's resumable one: ``HfApi.upload_large_folder`` where it exists
-(huggingface_hub < 2), else ``HfApi.upload_folder``, which since huggingface_hub 2 streams files through
-hf_xet, commits in batches and resumes when rerun (``upload_large_folder`` is gone there). An
-interrupted push is continued by running the same command again.
+The upload is huggingface_hub's resumable one (see :func:`push`): an interrupted push is continued
+by running the same command again.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import re
 from pathlib import Path
 
 from ..errors import ConfigError
 from .card import write_card
-from .manifest import MANIFEST_NAME, pending_splits, read_manifest
+from .format import CARD_FILES, IGNORE_PATTERNS, MANIFEST_NAME
+from .format import allow_patterns as split_patterns
+from .manifest import pending_splits, read_manifest
 from .verify import verify
 
-CARD_FILES = ("README.md", "preview.png")
 MAX_FILES_PER_FOLDER = 10_000   # Hub limit: keep under 10k files per folder (and 100k per repo)
 HUB_OWN_FILES = 1               # .gitattributes, which the Hub adds to the repo's root
 SHOWN_PROBLEMS = 5
-# Defence in depth: the allow patterns already select only dataset files.
-IGNORE_PATTERNS = (".*", "*/.*", "*.tmp", "synthviews.*.rank*-of-*.json")
 _NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
 _REPO_ID_RE = re.compile(rf"^{_NAME}/{_NAME}$")
 
@@ -49,14 +45,9 @@ def check_repo_id(repo_id: str) -> str:
     return repo_id
 
 
-def shard_pattern(split: str) -> str:
-    """The glob (fnmatch) pattern matching exactly the shard files of ``split``: ``{split}-NNNNNN.tar``."""
-    return f"{split}-{'[0-9]' * 6}.tar"
-
-
 def allow_patterns(manifest: dict) -> list[str]:
     """Patterns selecting the dataset's files (and nothing else) for huggingface_hub's upload."""
-    return [shard_pattern(split) for split in sorted(manifest["splits"])] + [MANIFEST_NAME, *CARD_FILES]
+    return split_patterns(manifest["splits"])
 
 
 def dataset_url(repo_id: str, endpoint: str | None = None) -> str:
@@ -194,45 +185,5 @@ def _user_error(error: Exception, where: str) -> ConfigError | None:
     return None
 
 
-# -- command line --------------------------------------------------------------------------------------------
-
-def add_push_command(verbs) -> argparse.ArgumentParser:
-    """Add ``synthviews push OUT USER/NAME [--private] [--dry-run] [--endpoint URL]`` to the subparsers."""
-    p = verbs.add_parser("push", help="publish a dataset folder to the Hugging Face Hub",
-                         description="Verify a dataset folder, regenerate its card (README.md, preview.png) and "
-                                     "upload its shards, synthviews.json and card to the Hub dataset repo "
-                                     "USER/NAME (created if needed). The upload resumes when the same command is "
-                                     "run again. Log in first with `hf auth login` or set HF_TOKEN.")
-    p.add_argument("out", help="dataset folder written by `synthviews generate`")
-    p.add_argument("repo_id", metavar="USER/NAME", help="Hub dataset repo id, e.g. alice/toy-views")
-    p.add_argument("--private", action="store_true", help="create the repo as private (an existing repo keeps "
-                                                          "its visibility)")
-    p.add_argument("--dry-run", action="store_true", help="check and list the files to upload; send nothing")
-    p.add_argument("--endpoint", metavar="URL", help="Hub endpoint (default: HF_ENDPOINT or huggingface.co)")
-    p.add_argument("--commit-message", help="commit message (default: names the splits and sample count)")
-    p.set_defaults(run=_cmd_push)
-    return p
-
-
-def _cmd_push(args) -> int:
-    names = push(args.out, args.repo_id, private=args.private, dry_run=args.dry_run, endpoint=args.endpoint,
-                 commit_message=args.commit_message)
-    sizes = dict(upload_plan(args.out))
-    total = sum(sizes[name] for name in names)
-    if args.dry_run:
-        for name in names:
-            print(f"{sizes[name]:>14,}  {name}")
-        print(f"dry run: would upload {len(names)} files ({_mib(total)}) to "
-              f"{dataset_url(args.repo_id, args.endpoint)}; nothing was sent")
-    else:
-        print(f"uploaded {len(names)} files ({_mib(total)}) to {dataset_url(args.repo_id, args.endpoint)}")
-        print(f"  load it with: load_dataset({args.repo_id!r})")
-    return 0
-
-
-def _mib(n: int) -> str:
-    return f"{n / 2**20:.1f} MiB"
-
-
-__all__ = ["push", "upload_plan", "allow_patterns", "check_repo_id", "add_push_command", "dataset_url",
+__all__ = ["push", "upload_plan", "allow_patterns", "check_repo_id", "dataset_url",
            "IGNORE_PATTERNS", "MAX_FILES_PER_FOLDER"]

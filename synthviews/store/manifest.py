@@ -17,7 +17,6 @@ Shards hold consecutive indices: shard s has [s*shard_size, (s+1)*shard_size).
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 from .._util.checks import (
@@ -43,24 +42,24 @@ from .._util.checks import (
     load_json,
     read_text,
 )
-from .._util.files import TEMPORARY_RE, DatasetLock, write_atomic
+from .._util.files import write_atomic
 from ..errors import ConfigError
+from .format import (
+    MANIFEST_NAME,
+    PROGRESS_GLOB,
+    PROGRESS_RE,
+    SPLIT_PATTERN,
+    SPLIT_RE,
+    TEMPORARY_GLOB,
+    TEMPORARY_RE,
+    is_dataset_file,
+    progress_glob,
+    progress_name,
+    shard_name,
+)
+from .lock import DatasetLock
 
 FORMAT_VERSION = 1
-MANIFEST_NAME = "synthviews.json"
-_SPLIT_RE = re.compile(r"^[a-z0-9_]+$")
-_SHARD_RE = re.compile(r"^[a-z0-9_]+-\d{6,}\.tar$")
-_PROGRESS_RE = re.compile(r"^synthviews\.(?P<split>[a-z0-9_]+)\.rank(?P<rank>\d+)-of-(?P<world>\d+)\.json$")
-
-
-def check_split(split: str) -> str:
-    if not isinstance(split, str) or not _SPLIT_RE.match(split):
-        raise ConfigError(f"split name {split!r} must be lower-case letters, digits or _ (e.g. train, test)")
-    return split
-
-
-def shard_name(split: str, shard: int) -> str:
-    return f"{split}-{shard:06d}.tar"
 
 
 def shard_ranges(samples: int, shard_size: int) -> list[tuple[int, int]]:
@@ -68,15 +67,15 @@ def shard_ranges(samples: int, shard_size: int) -> list[tuple[int, int]]:
     return [(first, min(shard_size, samples - first)) for first in range(0, samples, shard_size)]
 
 
-def progress_name(split: str, rank: int, world_size: int) -> str:
-    return f"synthviews.{split}.rank{rank:03d}-of-{world_size:03d}.json"
-
-
 def _read_json(path: Path) -> dict:
     """A JSON object from a regular file of at most 64 MB: strict JSON (no NaN, no duplicate keys)."""
-    data = load_json(read_text(path, "file", MAX_JSON_BYTES), str(path))
+    return _parse_json(read_text(path, "file", MAX_JSON_BYTES), str(path))
+
+
+def _parse_json(text: str, where: str) -> dict:
+    data = load_json(text, where)
     if not isinstance(data, dict):
-        raise ConfigError(f"{path} is not a synthviews manifest (expected a JSON object)")
+        raise ConfigError(f"{where} is not a synthviews manifest (expected a JSON object)")
     return data
 
 
@@ -89,7 +88,7 @@ _CONFIG = Obj({
     "model": Obj({"model_id": Str(200), "family": Str(100), "weights_sha256": Opt(Str(200))},
                  {"license": Opt(Str(200)), "license_link": Opt(Str(2000))}),
     "policy": Map(Any, 10_000), "policy_id": Str(200), "amp": Opt(Str(20)),
-}, {"split": Str(100, _SPLIT_RE.pattern[1:-1]), "decode": Map(Any, 100)})
+}, {"split": Str(100, SPLIT_PATTERN), "decode": Map(Any, 100)})
 _RECORD = Obj({"shard": Int(0, MAX_SHARDS - 1), "name": Str(100), "first_index": Int(0, MAX_SAMPLES),
                "count": Int(1, MAX_SHARD_SIZE), "bytes": Int(0, 1 << 50), "sha256": _SHA256})
 _ENTRY = Obj({"config": _CONFIG, "shards": List(_RECORD, MAX_SHARDS)},
@@ -128,13 +127,23 @@ def read_manifest(out: Path) -> dict | None:
     path = Path(out) / MANIFEST_NAME
     if not path.exists() and not path.is_symlink():
         return None
-    data = _read_json(path)
+    return _check_manifest(_read_json(path), str(path))
+
+
+def parse_manifest(text: str, where: str) -> dict:
+    """A manifest read elsewhere (e.g. from the Hub), checked as :func:`read_manifest` checks a file."""
+    if len(text) > MAX_JSON_BYTES:
+        raise error(f"{where} is larger than {MAX_JSON_BYTES:,} bytes: not a synthviews manifest")
+    return _check_manifest(_parse_json(text, where), where)
+
+
+def _check_manifest(data: dict, path: str) -> dict:
     if data.get("format_version") != FORMAT_VERSION or not isinstance(data.get("splits"), dict):
         raise ConfigError(f"{path} is not a synthviews manifest of format version {FORMAT_VERSION}")
     if len(data["splits"]) > 1000:
         raise error(f"{path}: splits holds {len(data['splits'])} entries; the limit is 1000")
     for split, entry in data["splits"].items():
-        if not isinstance(split, str) or not _SPLIT_RE.match(split):
+        if not isinstance(split, str) or not SPLIT_RE.match(split):
             raise error(f"{path}: split name {brief(split, 40)} must be lower-case letters, digits or _")
         _check_entry(entry, split, f"{path}: splits.{split}")
     return data
@@ -147,8 +156,8 @@ def write_manifest(out: Path, manifest: dict) -> None:
 def read_progress(out: Path, split: str) -> list[dict]:
     """Every rank progress file of ``split`` in ``out`` (entries with ``config`` and ``shards``)."""
     found = []
-    for path in sorted(Path(out).glob(f"synthviews.{split}.rank*-of-*.json")):
-        if _PROGRESS_RE.match(path.name):
+    for path in sorted(Path(out).glob(progress_glob(split))):
+        if PROGRESS_RE.match(path.name):
             entry = _check_entry(_read_json(path), split, f"{path}:")
             entry["_path"] = path
             found.append(entry)
@@ -243,16 +252,10 @@ def fold_progress(out: Path, split: str) -> dict:
     return manifest
 
 
-def is_dataset_file(name: str) -> bool:
-    """A final name synthviews writes into a dataset folder (shards, manifest, progress files, card)."""
-    return bool(name in (MANIFEST_NAME, "README.md", "preview.png") or _PROGRESS_RE.match(name)
-                or _SHARD_RE.match(name))
-
-
 def temporaries(out: Path) -> list[tuple[Path, str]]:
     """(path, final name) of every temporary a synthviews writer left in ``out``."""
     found = []
-    for path in sorted(Path(out).glob(".*.tmp")):
+    for path in sorted(Path(out).glob(TEMPORARY_GLOB)):
         m = TEMPORARY_RE.match(path.name)
         if m and is_dataset_file(m.group("name")):
             found.append((path, m.group("name")))
@@ -270,4 +273,4 @@ def remove_temporaries(out: Path, keep=lambda name: False) -> None:
 
 def pending_splits(out: Path) -> list[str]:
     """Splits that have rank progress files waiting to be merged."""
-    return sorted({m.group("split") for p in Path(out).glob("synthviews.*.json") if (m := _PROGRESS_RE.match(p.name))})
+    return sorted({m.group("split") for p in Path(out).glob(PROGRESS_GLOB) if (m := PROGRESS_RE.match(p.name))})

@@ -1,20 +1,29 @@
-"""Reading the samples of one shard in order: for checks, previews and training (ShardViews).
+"""Reading a shard back: its samples in order, checked against the manifest, for ``verify``,
+the card's preview and training (``data.ShardViews``).
 
 tarfile reads a tar cut at a member boundary, or one whose next header is
 damaged, as a clean end of archive. :func:`checked_samples` therefore checks
 a shard against its manifest record while it streams (count, keys, fields,
 bytes, optionally sha256), so a short or wrong shard is an error, never a
-silently smaller epoch.
+silently smaller epoch. :func:`check_meta` and :func:`sample_problems` check
+what is inside a sample. ``verify`` (which lists every problem of a folder) and
+``ShardViews`` (which raises or skips) both use these checks, so the two agree
+on what a good shard is.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import tarfile
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Iterator, Sequence
 
+import numpy as np
+
+from .._util.checks import load_json, short
 from ..errors import ConfigError
+from .format import JSON_FIELD, LATENTS_FIELD, decode_view, sample_key
 
 
 class ShardError(ConfigError):
@@ -81,7 +90,7 @@ def checked_samples(stream: BinaryIO, name: str, first: int, count: int, fields:
     """``(index, key, fields)`` of samples ``lo`` to ``hi`` (positions in the shard) of shard ``name``.
 
     The whole shard is read and checked against its record while streaming:
-    exactly ``count`` samples keyed ``first``, ``first + 1``, ... (``{index:09d}``)
+    exactly ``count`` samples keyed ``first``, ``first + 1``, ... (``format.sample_key``)
     in order, exactly ``fields`` in each, ``size`` bytes and, if given, ``sha256``.
     A mismatch raises :class:`ShardError` naming the shard and the sample; the
     size and hash can only be known at the end, after the samples were yielded.
@@ -95,9 +104,9 @@ def checked_samples(stream: BinaryIO, name: str, first: int, count: int, fields:
             index = first + seen
             if seen >= count:
                 raise ShardError(f"shard {name}: sample {key} is more than the {count} the manifest lists")
-            if key != f"{index:09d}":
-                raise ShardError(f"shard {name}: sample {key} where {index:09d} was expected (shard index range "
-                                 f"{first}-{first + count - 1}: a swapped, renamed or foreign shard?)")
+            if key != sample_key(index):
+                raise ShardError(f"shard {name}: sample {key} where {sample_key(index)} was expected (shard index "
+                                 f"range {first}-{first + count - 1}: a swapped, renamed or foreign shard?)")
             if set(sample) != fields:
                 missing, extra = sorted(fields - set(sample)), sorted(set(sample) - fields)
                 raise ShardError(f"shard {name}: sample {key} " + "; ".join(
@@ -118,3 +127,36 @@ def checked_samples(stream: BinaryIO, name: str, first: int, count: int, fields:
         raise ShardError(f"shard {name}: {tap.bytes} bytes, the manifest says {size} (truncated, or data appended)")
     if sha256 is not None and tap.hash.hexdigest() != sha256:
         raise ShardError(f"shard {name}: sha256 does not match the manifest (corrupted or modified)")
+
+
+def check_meta(data: bytes, index: int | None = None) -> dict:
+    """A sample's ``json`` member as a dict, checked to name ``index`` (if given); ValueError otherwise."""
+    meta = load_json(data, "json")  # strict: the writer never writes NaN or a key twice
+    if not isinstance(meta, dict):
+        raise ValueError(f"json is a {type(meta).__name__}, not an object")
+    if index is not None and meta.get("index") != index:
+        raise ValueError(f"its json says index {short(repr(meta.get('index')), 40)}, not {index}")
+    return meta
+
+
+def sample_problems(where: str, sample: dict[str, bytes], index: int, view_names: Sequence[str],
+                    hwc: tuple[int, int, int]) -> list[str]:
+    """Every problem inside one sample whose members :func:`checked_samples` already checked:
+    each view decodes at the stored size ``hwc``, the json is an object naming ``index``, the
+    latents (if any) load. Each problem is one line starting with ``where``."""
+    problems = []
+    for name in view_names:
+        try:
+            decode_view(sample[name], name, hwc)
+        except ValueError as e:
+            problems.append(f"{where}: {e}")
+    try:
+        check_meta(sample[JSON_FIELD], index)
+    except ValueError as e:
+        problems.append(f"{where}: {e}")
+    if LATENTS_FIELD in sample:
+        try:
+            np.load(io.BytesIO(sample[LATENTS_FIELD]), allow_pickle=False)
+        except (ValueError, OSError) as e:
+            problems.append(f"{where}: {LATENTS_FIELD} does not load ({e})")
+    return problems

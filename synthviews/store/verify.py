@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import io
-import tarfile
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
-from .._util.checks import load_json, short
 from .._util.files import sha256_file
-from .._util.images import stored_channels
 from ..errors import ConfigError
-from .manifest import MANIFEST_NAME, pending_splits, read_manifest, shard_name, shard_ranges
-from .tarshards import iter_tar_samples
+from .format import MANIFEST_NAME, shard_glob, shard_name, split_fields, stored_hwc, view_fields
+from .manifest import pending_splits, read_manifest, shard_ranges
+from .tarshards import ShardError, checked_samples, sample_problems
 
 
 def _load(out: Path) -> dict:
@@ -50,13 +44,15 @@ def verify(out: str | Path) -> list[str]:
             elif entry.get("complete"):
                 problems.append(f"{shard_name(split, shard)}: missing from the manifest")
         listed = {r["name"] for r in entry["shards"]}
-        for path in sorted(out.glob(f"{split}-*.tar")):
+        for path in sorted(out.glob(shard_glob(split))):
             if path.name not in listed and entry.get("complete"):
                 problems.append(f"{path.name}: not listed in the manifest")
     return problems
 
 
 def _check_shard(out: Path, record: dict, first: int, count: int, config: dict) -> list[str]:
+    """The problems of one shard: its file against the record (size and sha256 are reported on their
+    own, before reading), then the samples, read as ``ShardViews`` reads them."""
     name, path = record["name"], out / record["name"]
     if not path.is_file():
         return [f"{name}: missing"]
@@ -68,56 +64,15 @@ def _check_shard(out: Path, record: dict, first: int, count: int, config: dict) 
         problems.append(f"{name}: sha256 does not match the manifest (corrupted or modified)")
     if (record["first_index"], record["count"]) != (first, count):
         problems.append(f"{name}: manifest range {record['first_index']}+{record['count']} should be {first}+{count}")
-    fmt, k = config["image"]["format"], config["views"]
-    c, h, w = config["image"]["shape"]
-    c = stored_channels(fmt, c)  # a grey WebP view is stored as RGB
-    fields = {f"view{v}.{fmt}" for v in range(k + 1)} | {"json"} | ({"latents.npy"} if config["save_latents"] else set())
-    seen = 0
+    views, hwc = view_fields(config["image"]["format"], config["views"]), stored_hwc(config)
     try:
-        for key, sample in iter_tar_samples(path):
-            index = first + seen
-            seen += 1
-            if key != f"{index:09d}":
-                problems.append(f"{name}: sample {seen} has key {key}, expected {index:09d}")
-                continue
-            if set(sample) != fields:
-                problems.append(f"{name}/{key}: fields {sorted(sample)}, expected {sorted(fields)}")
-                continue
-            problems += _check_fields(f"{name}/{key}", sample, index, fmt, k, (h, w, c))
-    except (tarfile.TarError, ValueError, OSError) as e:
-        problems.append(f"{name}: unreadable tar after {seen} samples ({e})")
-        return problems
-    if seen != count:
-        problems.append(f"{name}: {seen} samples, manifest says {count}")
-    return problems
-
-
-def _check_fields(where: str, sample: dict, index: int, fmt: str, k: int, hwc: tuple) -> list[str]:
-    problems = []
-    for v in range(k + 1):
-        try:
-            with Image.open(io.BytesIO(sample[f"view{v}.{fmt}"])) as im:
-                im.load()
-                shape = (im.height, im.width, len(im.getbands()))
-        except Exception as e:  # PIL raises many types for corrupt data
-            problems.append(f"{where}: view{v}.{fmt} does not decode ({e})")
-            continue
-        if shape != hwc:
-            problems.append(f"{where}: view{v} is {shape[1]}x{shape[0]} with {shape[2]} channels, expected "
-                            f"{hwc[1]}x{hwc[0]} with {hwc[2]}")
-    try:
-        meta = load_json(sample["json"], f"{where}: json")
-        if not isinstance(meta, dict):
-            problems.append(f"{where}: json is a {type(meta).__name__}, not an object")
-        elif meta.get("index") != index:
-            problems.append(f"{where}: json index {short(repr(meta.get('index')), 40)} != {index}")
-    except ConfigError as e:
+        with open(path, "rb") as f:
+            for index, key, sample in checked_samples(f, name, first, count, split_fields(config)):
+                problems += sample_problems(f"{name}/{key}", sample, index, views, hwc)
+    except ShardError as e:
         problems.append(str(e))
-    if "latents.npy" in sample:
-        try:
-            np.load(io.BytesIO(sample["latents.npy"]), allow_pickle=False)
-        except (ValueError, OSError) as e:
-            problems.append(f"{where}: latents.npy does not load ({e})")
+    except OSError as e:
+        problems.append(f"{name}: unreadable ({e})")
     return problems
 
 

@@ -6,7 +6,7 @@ shard is written under a hidden temporary name and renamed when complete,
 then the manifest is updated atomically, so a killed run leaves only whole
 shards and rerunning the same command continues where it stopped. The manifest
 (or a rank's progress file) is written before the first shard, so even a run
-killed at once is recognised as this run's; a writer lock (``files.DatasetLock``)
+killed at once is recognised as this run's; a writer lock (``lock.DatasetLock``)
 keeps a second writer out of the folder while one runs.
 """
 
@@ -35,26 +35,34 @@ from .._util.checks import (
 )
 from .._util.device import resolve_device
 from .._util.distributed import Ranks, barrier, destroy_process_group, detect_ranks, init_process_group
-from .._util.files import LOCK_RE, TEMPORARY_RE, DatasetLock, sha256_file
+from .._util.files import sha256_file
 from .._util.images import to_uint8
 from ..errors import ConfigError
 from ..models import MLVGM, load_model
 from ..views import DECODE_BLOCK, ViewSampler
 from .card import write_card
-from .format import check_format, encode_sample
+from .format import (
+    PROGRESS_RE,
+    SHARD_RE,
+    check_format,
+    check_split,
+    encode_sample,
+    is_own_hidden_file,
+    progress_name,
+    shard_name,
+    shard_number,
+    temporary_name,
+)
+from .lock import DatasetLock
 from .manifest import (
     FORMAT_VERSION,
-    MANIFEST_NAME,
-    check_split,
     done_shards,
     fold_progress,
-    is_dataset_file,
     merge,
     pending_splits,
     read_manifest,
     read_progress,
     remove_temporaries,
-    shard_name,
     shard_ranges,
     split_entry,
     write_manifest,
@@ -199,18 +207,12 @@ def _check_out_folder(out: Path, split: str, config: dict | None, resume: bool) 
     has_split = bool(read_progress(out, split)) or bool(manifest and split in manifest["splits"])
     if not has_split:
         names = [p.name for p in out.iterdir()]
-        if resume and names and not any(map(_own_hidden_file, names)):
+        if resume and names and not any(map(is_own_hidden_file, names)):
             raise ConfigError(f"nothing to resume: {out} holds no synthviews split {split!r}")
-        if manifest is None and not pending_splits(out) and not all(map(_own_hidden_file, names)):
+        if manifest is None and not pending_splits(out) and not all(map(is_own_hidden_file, names)):
             raise ConfigError(f"{out} is not empty and holds no synthviews dataset; choose a new or empty --out")
         return {}
     return {} if config is None else done_shards(out, split, config)
-
-
-def _own_hidden_file(name: str) -> bool:
-    """A lock file or a temporary of a dataset file: what a run killed at once leaves."""
-    m = TEMPORARY_RE.match(name)
-    return bool(LOCK_RE.match(name) or (m and is_dataset_file(m.group("name"))))
 
 
 def _remove_stale_temporaries(out: Path, ranks: Ranks) -> None:
@@ -221,10 +223,10 @@ def _remove_stale_temporaries(out: Path, ranks: Ranks) -> None:
     (the only writer of the manifest and the card), those too.
     """
     def others(name: str) -> bool:
-        if name.endswith(".tar"):
-            return not ranks.owns(int(name[:-4].rsplit("-", 1)[1]))
-        if name.startswith("synthviews.") and name != MANIFEST_NAME:  # a progress file
-            return not name.endswith(f".rank{ranks.rank:03d}-of-{ranks.world_size:03d}.json")
+        if SHARD_RE.match(name):
+            return not ranks.owns(shard_number(name))
+        if m := PROGRESS_RE.match(name):
+            return name != progress_name(m.group("split"), ranks.rank, ranks.world_size)
         return ranks.rank != 0
 
     remove_temporaries(out, keep=others if ranks.world_size > 1 else lambda name: False)
@@ -337,7 +339,7 @@ class _ShardPipeline:
                 kind, shard, payload = item
                 if writer is None:
                     final = self.out / shard_name(self.split, shard)
-                    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+                    tmp = final.with_name(temporary_name(final.name))
                     stream = open(tmp, "wb")
                     writer = wds.TarWriter(stream, encoder=False, mtime=TAR_MTIME, user="synthviews",
                                            group="synthviews")

@@ -6,7 +6,7 @@
 
 - ``checkpoint.pt``: G, G_ema, D, both Adam states, step, image count, the
   training RNG state and the data order, as plain tensors/dicts
-  (``torch.save``; read back with ``torch.load(weights_only=True)``).
+  (``torch.save``; read back by :func:`synthviews.models.weights.read_torch`).
   Written atomically every ``--checkpoint-minutes`` and at the end;
   ``--resume`` continues from it exactly (the next steps are bit-identical
   to an uninterrupted run on the same machine and thread count).
@@ -23,20 +23,13 @@ Choices (see :class:`TrainOptions` for the numbers):
   package handles C = 1), z_dim = w_dim = 64, 4 mapping layers at the
   official lr multiplier 0.01, channel_base 1024 / channel_max 64 (64
   channels at 4..16 px, 32 at 32 px): 0.27 M parameters, 1.1 MB in float32.
-  Twice the channels (0.95 M) trained twice slower per step on the shared
-  2-core machine; the digits carry only 8x8 pixels of information. Trained with random per-pixel noise, as StyleGAN2 does; the
-  shipped G_ema is used with its constant noise buffers.
-- The training forward pass (:func:`synthesize`) is the synthesis network's
-  own unfused modulated convolution (activations scaled around one shared
-  kernel, demodulation from an (N, I) x (I, O) product; on CPU about 20x
-  faster than one grouped convolution with per-sample kernels), with random
-  noise drawn from the training generator. Tests check it equals the
-  inference path and that both modulated-conv forms agree.
-- Discriminator: a small residual conv net of our own (1x1 from-image conv,
-  three residual blocks 32 -> 4 px with average-pool downsampling, minibatch
-  standard deviation, a 3x3 conv and two dense layers), equalised learning
-  rate and leaky ReLU * sqrt(2) like the generator, so one learning rate
-  suits both.
+  The digits carry only 8x8 pixels of information, so a narrow network suffices.
+- The training forward is the model's own synthesis (:func:`synthesize`):
+  random per-pixel noise drawn from the training generator, as StyleGAN2
+  trains, and the unfused modulated convolution (activations scaled around
+  one shared kernel, the faster form on CPU). The shipped G_ema is used with
+  its constant noise buffers.
+- Discriminator: :mod:`synthviews.train.discriminator`.
 - Loss: non-saturating logistic loss, with lazy R1 on the real images every
   16 steps (gamma 0.1; Adam's lr and beta2 of D scaled by 16/17 for the lazy
   steps, as in StyleGAN2). No path-length regularisation.
@@ -67,12 +60,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from .._util.settings import setting
 from ..errors import ConfigError
-from ..models.stylegan2.networks import Generator, _bias_act, generator_config, modulated_conv2d, upsample2x
+from ..models.stylegan2.networks import Generator, generator_config
+from ..models.weights import read_torch
+from .discriminator import Discriminator
 
-SQRT2 = math.sqrt(2.0)
 CHECKPOINT = "checkpoint.pt"
 EXPORT = "G_ema.safetensors"
 FORMAT = "synthviews-train-gan/1"
@@ -82,7 +76,7 @@ TRAINED_LICENSE = "mit"
 
 @dataclass
 class TrainOptions:
-    """Everything that defines a training run (stored in the checkpoint)."""
+    """Everything that defines a training run (stored in the checkpoint); ``setting`` fields are CLI flags."""
 
     # generator
     z_dim: int = 64
@@ -97,18 +91,18 @@ class TrainOptions:
     d_channel_max: int = 64
     mbstd_group: int = 4
     # optimisation
-    batch: int = 32
-    lr: float = 0.0025
+    batch: int = setting(32, "images per step")
+    lr: float = setting(0.0025, "Adam learning rate of G and D")
     beta2: float = 0.99
-    r1_gamma: float = 0.1
+    r1_gamma: float = setting(0.1, "R1 weight gamma")
     r1_interval: int = 16
-    ema_kimg: float = 10.0
+    ema_kimg: float = setting(10.0, "G_ema half-life in thousands of images")
     ema_rampup: float = 0.05
     w_avg_beta: float = 0.995
-    mixing_prob: float = 0.9
-    augment_p: float = 0.3
+    mixing_prob: float = setting(0.9, "style-mixing probability")
+    augment_p: float = setting(0.3, "probability of a random 2 px shift of D's inputs")
     augment_shift: int = 2
-    seed: int = 0
+    seed: int = setting(0, "seed of initialisation, data order and noise")
 
     def generator_config(self) -> dict:
         return generator_config({
@@ -158,125 +152,16 @@ def preset(name: str = "digits", **overrides) -> TrainOptions:
     return TrainOptions(**{**PRESETS[name], **overrides}).validate()
 
 
-# --- discriminator -------------------------------------------------------------
-
-class EqConv2d(nn.Module):
-    """Conv with equalised learning rate (weights ~ N(0, 1), scaled by 1/sqrt(fan_in) at run time)."""
-
-    def __init__(self, cin: int, cout: int, kernel: int, bias: bool = True):
-        super().__init__()
-        self.weight = nn.Parameter(torch.randn(cout, cin, kernel, kernel))
-        self.bias = nn.Parameter(torch.zeros(cout)) if bias else None
-        self.gain = 1 / math.sqrt(cin * kernel * kernel)
-
-    def forward(self, x):
-        return F.conv2d(x, self.weight * self.gain, self.bias, padding=self.weight.shape[-1] // 2)
-
-
-class EqLinear(nn.Module):
-    def __init__(self, cin: int, cout: int):
-        super().__init__()
-        self.weight = nn.Parameter(torch.randn(cout, cin))
-        self.bias = nn.Parameter(torch.zeros(cout))
-        self.gain = 1 / math.sqrt(cin)
-
-    def forward(self, x):
-        return F.linear(x, self.weight * self.gain, self.bias)
-
-
-def _lrelu(x):
-    return F.leaky_relu(x, 0.2) * SQRT2
-
-
-class DBlock(nn.Module):
-    """Residual downsampling block: (conv3x3, conv3x3, avgpool) + (avgpool, conv1x1), scaled by 1/sqrt(2)."""
-
-    def __init__(self, cin: int, cout: int):
-        super().__init__()
-        self.conv0 = EqConv2d(cin, cin, 3)
-        self.conv1 = EqConv2d(cin, cout, 3)
-        self.skip = EqConv2d(cin, cout, 1, bias=False)
-
-    def forward(self, x):
-        y = F.avg_pool2d(_lrelu(self.conv1(_lrelu(self.conv0(x)))), 2)
-        return (y + self.skip(F.avg_pool2d(x, 2))) / SQRT2
-
-
-def minibatch_stddev(x: torch.Tensor, group: int) -> torch.Tensor:
-    """Append one channel: the mean std of the features over groups of ``group`` samples."""
-    n, c, h, w = x.shape
-    g = min(group, n)
-    while n % g:
-        g -= 1
-    y = x.reshape(g, n // g, c, h, w)
-    y = (y.var(dim=0, unbiased=False) + 1e-8).sqrt().mean(dim=[1, 2, 3])  # (n // g,)
-    y = y.reshape(-1, 1, 1, 1).repeat(g, 1, h, w)  # sample i belongs to group column i % (n // g)
-    return torch.cat([x, y], dim=1)
-
-
-class Discriminator(nn.Module):
-    """image (N, C, R, R) in [-1, 1] -> logits (N,)."""
-
-    def __init__(self, img_resolution: int = 32, img_channels: int = 1, channel_base: int = 1024,
-                 channel_max: int = 128, mbstd_group: int = 4):
-        super().__init__()
-        ch = lambda res: min(channel_base // res, channel_max)  # noqa: E731
-        self.mbstd_group = mbstd_group
-        self.from_img = EqConv2d(img_channels, ch(img_resolution), 1)
-        blocks, res = [], img_resolution
-        while res > 4:
-            blocks.append(DBlock(ch(res), ch(res // 2)))
-            res //= 2
-        self.blocks = nn.ModuleList(blocks)
-        c = ch(4)
-        self.conv = EqConv2d(c + 1, c, 3)
-        self.fc = EqLinear(c * 16, c)
-        self.out = EqLinear(c, 1)
-
-    def forward(self, img):
-        x = _lrelu(self.from_img(img))
-        for block in self.blocks:
-            x = block(x)
-        x = _lrelu(self.conv(minibatch_stddev(x, self.mbstd_group)))
-        return self.out(_lrelu(self.fc(x.flatten(1)))).squeeze(1)
-
-
-# --- generator training forward ----------------------------------------------
-
-def _layer(layer, x, w, rng):
-    """SynthesisLayer maths with activation modulation (no per-sample kernels) and random noise."""
-    x = modulated_conv2d(x, layer.weight, layer.affine(w), demodulate=True, up=layer.up, f=layer.resample_filter,
-                         fused=False)
-    if layer.use_noise:
-        noise = torch.randn(x.shape[0], 1, x.shape[2], x.shape[3], generator=rng, device=x.device) if rng is not False \
-            else layer.noise_const[None, None]
-        x = x + noise * layer.noise_strength
-    return _bias_act(x, layer.bias, lrelu=True, clamp=layer.conv_clamp)
-
-
-def _torgb(torgb, x, w):
-    x = modulated_conv2d(x, torgb.weight, torgb.affine(w) * torgb.weight_gain, demodulate=False, fused=False)
-    return _bias_act(x, torgb.bias, lrelu=False, clamp=torgb.conv_clamp)
-
+# --- generator forward and D's input augmentation --------------------------------
 
 def synthesize(synthesis, ws: torch.Tensor, rng: torch.Generator | bool = False) -> torch.Tensor:
-    """Image (N, C, R, R) of ``synthesis`` for ws (N, num_ws, w_dim), differentiable.
+    """The training forward: ``synthesis`` itself with the unfused modulated conv, random noise from ``rng``.
 
-    ``rng``: a torch.Generator for random noise (training), or False for the
-    constant noise buffers (then equal to ``synthesis(ws, noise_mode="const")``).
+    ``rng``: a torch.Generator (training), or False for the constant noise buffers.
     """
-    x = img = None
-    row = 0
-    for block in synthesis.blocks():
-        w = ws[:, row:row + block.num_conv + 1]
-        if block.resolution == 4:
-            x = _layer(block.conv1, block.const[None].expand(ws.shape[0], -1, -1, -1), w[:, 0], rng)
-        else:
-            x = _layer(block.conv1, _layer(block.conv0, x, w[:, 0], rng), w[:, 1], rng)
-        y = _torgb(block.torgb, x, w[:, -1])
-        img = y if img is None else upsample2x(img, block.resample_filter) + y
-        row += block.num_conv
-    return img
+    if rng is False:
+        return synthesis(ws, noise_mode="const", fused_modconv=False)
+    return synthesis(ws, noise_mode="random", fused_modconv=False, generator=rng)
 
 
 def augment(x: torch.Tensor, p: float, shift: int, rng: torch.Generator) -> torch.Tensor:
@@ -450,14 +335,12 @@ class Trainer:
 
 
 def read_checkpoint(path) -> dict:
+    """The state of a train-gan checkpoint, read without running code from the file."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ConfigError(f"train-gan: checkpoint {path} does not exist; nothing to resume "
                           "(leave out --resume to start a new run)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # unpickling/zip errors: damaged or foreign file
-        raise ConfigError(f"train-gan: {path} is not a readable training checkpoint ({type(e).__name__}: {e})") from None
+    state = read_torch(path, "train-gan checkpoint")
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ConfigError(f"train-gan: {path} is not a train-gan checkpoint (format {FORMAT})")
     return state
@@ -598,72 +481,3 @@ def _run(trainer: Trainer, out: Path, steps: int, checkpoint_minutes: float, max
                 last_ckpt = time.monotonic()
             if out_of_time:
                 break
-
-
-# --- command line ----------------------------------------------------------------
-
-_CLI_OPTIONS = {  # flag -> (TrainOptions field, type, help)
-    "--batch": ("batch", int, "images per step (default 32)"),
-    "--lr": ("lr", float, "Adam learning rate of G and D (default 0.0025)"),
-    "--r1-gamma": ("r1_gamma", float, "R1 weight gamma (default 0.1)"),
-    "--mixing-prob": ("mixing_prob", float, "style-mixing probability (default 0.9)"),
-    "--augment-p": ("augment_p", float, "probability of a random 2 px shift of D's inputs (default 0.3)"),
-    "--ema-kimg": ("ema_kimg", float, "G_ema half-life in thousands of images (default 10)"),
-    "--seed": ("seed", int, "seed of initialisation, data order and noise (default 0)"),
-}
-
-
-def add_train_gan_command(verbs):
-    """Add ``synthviews train-gan`` to the CLI's subparsers."""
-    p = verbs.add_parser("train-gan", help="train a small StyleGAN2 on scikit-learn's digits (CPU, ~1 hour)",
-                         description="Train a small StyleGAN2 (32x32, 1 channel) on the training split of "
-                                     "scikit-learn's digits. Writes OUT/checkpoint.pt every few minutes, "
-                                     "OUT/G_ema.safetensors (load it with --model stylegan2 --path ...), sample "
-                                     "grids and OUT/log.jsonl. --resume continues exactly where it stopped. "
-                                     "Needs scikit-learn.")
-    p.add_argument("--out", default="runs/digits_gan", help="run directory (default: runs/digits_gan)")
-    p.add_argument("--steps", type=int, default=None,
-                   help=f"total training steps (default: {DEFAULT_STEPS}; --resume keeps the checkpoint's goal)")
-    p.add_argument("--preset", default="digits", choices=sorted(PRESETS),
-                   help="option preset: digits (the shipped model) or tiny (smoke tests)")
-    for flag, (_, typ, text) in _CLI_OPTIONS.items():
-        p.add_argument(flag, type=typ, default=None, help=text)
-    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
-                   help="continue OUT/checkpoint.pt (or the given checkpoint); options come from it")
-    p.add_argument("--export", metavar="PATH.safetensors", help="also write the final G_ema here")
-    p.add_argument("--checkpoint-minutes", type=float, default=5.0, help="minutes between checkpoints (default: 5)")
-    p.add_argument("--max-minutes", type=float, help="stop with a checkpoint after this many minutes (resume later)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.set_defaults(run=_cmd_train_gan)
-    return p
-
-
-def _cmd_train_gan(args) -> int:
-    given = {field: getattr(args, flag[2:].replace("-", "_")) for flag, (field, _, _) in _CLI_OPTIONS.items()}
-    given = {k: v for k, v in given.items() if v is not None}
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ConfigError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
-    if args.resume:
-        ckpt = Path(args.out) / CHECKPOINT if args.resume is True else Path(args.resume)
-        stored = TrainOptions(**read_checkpoint(ckpt)["options"])
-        conflicts = [f"{k}={v!r} (checkpoint: {getattr(stored, k)!r})" for k, v in given.items()
-                     if getattr(stored, k) != v]
-        if conflicts:
-            raise ConfigError(f"a resumed run keeps its options; conflicting: {', '.join(conflicts)}")
-        options = None
-    else:
-        options = preset(args.preset, **given)
-    trainer = train(args.out, options, steps=args.steps, resume=args.resume, export=args.export,
-                    checkpoint_minutes=args.checkpoint_minutes, max_minutes=args.max_minutes,
-                    progress=not args.no_progress)
-    where = Path(args.out) / EXPORT
-    if trainer.step < trainer.target_steps:
-        print(f"stopped at step {trainer.step} of {trainer.target_steps}; continue with --resume")
-    else:
-        print(f"trained {trainer.step} steps ({trainer.nimg / 1000:.1f} kimg, {trainer.elapsed / 60:.1f} min); "
-              f"G_ema in {where}" + (f" and {args.export}" if args.export else ""))
-    print(f"  preview: synthviews preview --model stylegan2 --path {args.export or where} --out preview.png")
-    return 0

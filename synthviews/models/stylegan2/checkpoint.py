@@ -9,11 +9,13 @@ Formats:
   ``_ALLOWED``) and anything else is refused, so nothing from the file runs.
 - legacy TensorFlow StyleGAN2 pickles (``.pkl``, e.g. the LSUN Car model):
   ``Gs`` variables (arrays, and numpy scalars for TF's 0-d values) are
-  converted to the PyTorch layout (SPEC section 7); every ``static_kwargs``
+  converted to the PyTorch layout (transposed dense and conv kernels, the
+  up-conv kernel flipped, style biases + 1, noise inputs renamed; see
+  ``_tf_source``); every ``static_kwargs``
   entry is either mapped to our config, checked, known to be harmless, or
   refused. Protocol 4 as TF writes them, and in-band protocol 5 re-saves.
-- state dicts: ``.pt``/``.pth`` via ``torch.load(weights_only=True)`` and
-  ``.safetensors``; their config comes from ``config=``, the safetensors
+- state dicts: ``.pt``/``.pth`` and ``.safetensors``, read by
+  :func:`synthviews.models.weights.read_tensors`; their config comes from ``config=``, the safetensors
   metadata key ``stylegan2_config`` or a sibling ``.json``/``.yaml``/``.yml``.
 
 Every problem a user can fix raises :class:`ConfigError` naming it.
@@ -29,7 +31,6 @@ import os
 import pickle
 import re
 import struct
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -40,8 +41,6 @@ import torch
 from ..._util.checks import (
     MAX_POLICY_BYTES,
     MAX_WEIGHTS_BYTES,
-    check_tensors,
-    check_torch_file,
     error,
     load_json,
     load_yaml,
@@ -49,7 +48,10 @@ from ..._util.checks import (
     regular_file,
 )
 from ...errors import ConfigError
+from ..weights import LEGACY_MAGIC, WEIGHTS_SUFFIXES, read_tensors
 from .networks import Generator, fir_filter, generator_config
+
+WHAT = "StyleGAN2 checkpoint"  # how errors name the file
 
 
 @dataclass
@@ -107,38 +109,30 @@ def _sibling_config(path: Path):
 def load_checkpoint(path, config=None) -> Checkpoint:
     """Read weights and generator kwargs from a .pkl, .pt/.pth or .safetensors file."""
     path = Path(path)
-    regular_file(path, "StyleGAN2 checkpoint", MAX_WEIGHTS_BYTES)  # a FIFO or device would hang the reader
+    regular_file(path, WHAT, MAX_WEIGHTS_BYTES)  # a FIFO or device would hang the reader
     suffix = path.suffix.lower()
-    if suffix in (".pt", ".pth"):
-        check_torch_file(path, "StyleGAN2 checkpoint", MAX_WEIGHTS_BYTES)
     if suffix == ".pkl":
         ckpt = read_network_pickle(path)
         if config is not None and load_config(config) != ckpt.config:
             raise ConfigError(f"config= does not match the configuration stored in {path}; "
                               "a .pkl carries its own config, so leave config= out")
         return ckpt
-    if suffix in (".pt", ".pth"):
-        try:
-            state, meta, kind = _read_torch_state_dict(path), {}, "state-dict"
-        except ConfigError as e:
-            raise error(str(e)) from None
-    elif suffix == ".safetensors":
-        (state, meta), kind = _read_safetensors(path), "safetensors"
-    else:
-        raise ConfigError(f"StyleGAN2 checkpoint {path}: unknown file type {suffix!r}; "
+    if suffix not in WEIGHTS_SUFFIXES:
+        raise ConfigError(f"{WHAT} {path}: unknown file type {suffix!r}; "
                           "use a .pkl network pickle, a .pt/.pth state dict or a .safetensors file")
+    state, meta = read_tensors(path, WHAT)
+    kind = "safetensors" if suffix == ".safetensors" else "state-dict"
     if config is None and "stylegan2_config" in meta:
         config = load_json(meta["stylegan2_config"], f"{path}: the stylegan2_config metadata")
     if config is None:
         config = _sibling_config(path)
     if config is None:
-        raise ConfigError(f"StyleGAN2 checkpoint {path} holds weights only: give config= (generator kwargs, "
+        raise ConfigError(f"{WHAT} {path} holds weights only: give config= (generator kwargs, "
                           f"a dict or a JSON/YAML file) or put them in {path.with_suffix('.json')}")
     try:
         config = load_config(config)
     except ConfigError as e:
         raise error(f"{path}: {e}") from None
-    check_tensors(state, str(path))
     return Checkpoint(state, config, kind, **_own_metadata(meta, path))
 
 
@@ -157,73 +151,6 @@ def _own_metadata(meta: Mapping[str, str], path: Path) -> dict:
         if not isinstance(out["policy"], dict):
             raise ConfigError(f"{path}: the {POLICY_KEY} metadata must be a policy mapping")
     return out
-
-
-class _NoGlobalsUnpickler(pickle.Unpickler):
-    """Reads plain data only: used to peek at the first pickle of a .pt file."""
-
-    def find_class(self, module, name):
-        raise pickle.UnpicklingError(f"global {module}.{name}")
-
-    def persistent_load(self, pid):
-        raise pickle.UnpicklingError("persistent id")
-
-
-def _torch_file_problem(path: Path) -> str | None:
-    """What is wrong with a .pt/.pth file, found without torch, so that our message
-    does not depend on which exception (and text) a torch version raises."""
-    with open(path, "rb") as f:
-        head = f.read(2)
-    if head == b"PK":  # torch.save's default: a zip archive with <name>/data.pkl
-        try:
-            with zipfile.ZipFile(path) as z:
-                names = z.namelist()
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError):
-            return "is truncated or damaged: its zip directory cannot be read"
-        if not any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
-            return "is a zip archive but not one that torch.save writes (no data.pkl inside)"
-        return None
-    if head[:1] == b"\x80":  # legacy torch.save: a pickle of the magic number comes first
-        try:
-            with open(path, "rb") as f:
-                first = _NoGlobalsUnpickler(f).load()
-        except Exception:  # anything at all: it is not the legacy header
-            first = None
-        if not (type(first) is int and first == _LEGACY_MAGIC):
-            return "is a plain pickle, not a file written by torch.save (a network pickle should be named .pkl)"
-        return None
-    return "is not a torch file (neither a zip archive nor a legacy torch.save stream)"
-
-
-def _read_torch_state_dict(path: Path) -> dict:
-    problem = _torch_file_problem(path)
-    if problem:
-        raise ConfigError(f"{path} {problem}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # weights_only refusals, damaged records: the type and text vary between torch versions
-        detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"{path}: torch.load(weights_only=True) could not read it: it is not a plain state dict "
-                          f"(it holds objects other than tensors in plain containers) or it is damaged "
-                          f"(torch: {detail}); a network pickle should be named .pkl") from None
-    if not isinstance(obj, Mapping) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
-        raise ConfigError(f"{path} does not hold a flat state dict (names -> tensors) but a {type(obj).__name__}"
-                          + (f" with keys {', '.join(map(str, list(obj)[:5]))}" if isinstance(obj, Mapping) else ""))
-    return dict(obj)
-
-
-def _read_safetensors(path: Path) -> tuple[dict, dict]:
-    try:
-        from safetensors import safe_open
-    except ImportError:
-        raise ConfigError(f"reading {path} needs the safetensors package: pip install safetensors") from None
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # SafetensorError and friends: header or size wrong
-        raise error(f"{path} is not a readable .safetensors file (truncated or foreign?): {e}") from None
-    return state, meta
 
 
 def save_safetensors(path, state_dict: Mapping[str, torch.Tensor], config: Mapping, *, license: str | None = None,
@@ -259,7 +186,7 @@ def embed_policy(path, policy: Mapping) -> None:
     path = Path(path)
     if path.suffix.lower() != ".safetensors" or not path.is_file():
         raise ConfigError(f"{path}: only a .safetensors file can carry a policy (convert it with save_safetensors)")
-    state, meta = _read_safetensors(path)
+    state, meta = read_tensors(path, WHAT)
     if "stylegan2_config" not in meta:
         raise ConfigError(f"{path} has no stylegan2_config metadata; write it with save_safetensors first")
     own = _own_metadata(meta, path)
@@ -379,7 +306,6 @@ _STORAGE_DTYPES = {
     "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
     "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8, "BoolStorage": torch.bool,
 }
-_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 
 
 class _BlobUnpickler(pickle.Unpickler):
@@ -404,7 +330,7 @@ def _load_storage_blob(blob) -> torch.Tensor:
     f = io.BytesIO(blob)
     try:
         magic, version, sys_info = (_BlobUnpickler(f).load() for _ in range(3))
-        if magic != _LEGACY_MAGIC or version != 1001 or not isinstance(sys_info, dict):
+        if magic != LEGACY_MAGIC or version != 1001 or not isinstance(sys_info, dict):
             raise ConfigError("network pickle: a tensor storage blob is not a legacy torch.save stream")
         if not sys_info.get("little_endian", False):
             raise ConfigError("network pickle: big-endian tensor storages are not supported")
@@ -444,7 +370,9 @@ def _rebuild_parameter(data, requires_grad=False, backward_hooks=None):
     return data
 
 
-# Every global a StyleGAN2 network pickle may name, mapped to an inert stand-in (SPEC section 6/7).
+# Every global a StyleGAN2 network pickle may name, mapped to an inert stand-in: the persistence wrapper of
+# stylegan2-ada-pytorch modules, torch's tensor and storage rebuilders, dnnlib's EasyDict and TF Network, and
+# the numpy array/scalar/dtype constructors that TF pickles use.
 _ALLOWED = {
     ("torch_utils.persistence", "_reconstruct_persistent_obj"): _PersistentObj,
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,

@@ -66,7 +66,11 @@ def parse_groups(groups, num_ws: int) -> list[tuple[int, int]]:
 
 
 def _row_resolutions(row: int, img_resolution: int) -> tuple[int, int]:
-    """Lowest and highest resolution whose layers read W+ row ``row`` (see SPEC 3.2)."""
+    """Lowest and highest resolution whose layers read W+ row ``row``.
+
+    Even rows feed conv1 of one block; an odd row feeds a block's ToRGB and the
+    next block's conv0 (the synthesis network hands that row on).
+    """
     if row == 0:
         return 4, 4
     if row % 2:  # ToRGB of 2^k and conv0 of 2^(k+1), k = (row + 3) / 2
@@ -146,8 +150,8 @@ class StyleGAN2(MLVGM):
 
     - ``path``: a stylegan2-ada-pytorch snapshot ``.pkl``, a legacy TensorFlow
       StyleGAN2 ``.pkl`` (read without running any code from the file), a
-      state dict ``.pt``/``.pth`` (``torch.load(weights_only=True)``) or a
-      ``.safetensors`` file. ``.pt``/``.safetensors`` need ``config``: given
+      state dict ``.pt``/``.pth`` or a ``.safetensors`` file (both read by
+      :func:`synthviews.models.weights.read_tensors`). ``.pt``/``.safetensors`` need ``config``: given
       here, else a ``stylegan2_config`` JSON entry in the safetensors
       metadata, else a sibling file with the same name and suffix ``.json``,
       ``.yaml`` or ``.yml`` (``car.pt`` -> ``car.json``).

@@ -1,16 +1,15 @@
-"""The StyleGAN2 generator in plain PyTorch.
+"""The StyleGAN2 generator in plain PyTorch: mapping, synthesis, and the config both are built from.
 
 The network follows the stylegan2-ada-pytorch layout (config-f, architecture
 'skip'): every parameter and buffer has the official name and shape, so the
-official weights load strictly. It is written from a prose description of the
-forward pass (shared/compat/stylegan2/SPEC.md), without the original code or
-its custom CUDA ops: the same plain ops run on CPU and CUDA.
+official weights load strictly. The forward pass is written with plain torch
+ops instead of the original's custom CUDA kernels (upfirdn2d, bias_act), so
+the same code runs on CPU and CUDA.
 
-Licence: the pretrained StyleGAN2 weights are distributed under the NVIDIA
-Source Code License (non-commercial use only),
-https://nvlabs.github.io/stylegan2/license.html. Data made from them should
-say ``license: other`` with that link, which is what :class:`StyleGAN2`
-reports.
+One forward serves inference and training, as in the original: ``noise_mode``
+"const" or "none" for images that depend on the input only, "random" with a
+``generator`` for training; ``fused_modconv`` picks one of two equal forms of
+the modulated convolution.
 """
 
 from __future__ import annotations
@@ -22,10 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..._util.checks import brief, finite
+from ..._util.checks import brief, check_int, check_number
 from ...errors import ConfigError
 
 SQRT2 = math.sqrt(2.0)
+# The pretrained StyleGAN2 weights are under the NVIDIA Source Code License (non-commercial use only).
 LICENSE_URL = "https://nvlabs.github.io/stylegan2/license.html"
 
 
@@ -41,18 +41,13 @@ _SYNTHESIS_DEFAULTS = {
 }
 # Options of the original that only change memory layout: accepted, then dropped.
 _IGNORED_SYNTHESIS = {"fp16_channels_last", "channels_last"}
+CONFIG = "StyleGAN2 config: "  # how errors name the config
 
 
-def _positive_int(what: str, value, limit: int = 1 << 31) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
-        raise ConfigError(f"StyleGAN2 config: {what} must be a positive integer up to {limit:,}, got {brief(value)}")
-    return value
-
-
-def _positive_number(what: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not finite(value) or not 0 < value <= 1e6:
-        raise ConfigError(f"StyleGAN2 config: {what} must be a positive number up to 1e6, got {brief(value)}")
-    return value
+def _positive_number(what: str, value) -> None:
+    """A number in (0, 1e6]: check_number's range is closed, and 0 is no learning rate or clamp."""
+    if check_number(value, CONFIG + what, 0, 1e6) == 0:
+        raise ConfigError(f"{CONFIG}{what} must be a positive number up to 1e6, got {brief(value)}")
 
 
 def generator_config(kwargs: Mapping) -> dict:
@@ -74,11 +69,11 @@ def generator_config(kwargs: Mapping) -> dict:
         if key not in kwargs:
             raise ConfigError(f"StyleGAN2 config: missing {key!r}")
     cfg = {
-        "z_dim": _positive_int("z_dim", kwargs["z_dim"], MAX_DIM),
+        "z_dim": check_int(kwargs["z_dim"], CONFIG + "z_dim", 1, MAX_DIM),
         "c_dim": kwargs.get("c_dim", 0),
-        "w_dim": _positive_int("w_dim", kwargs["w_dim"], MAX_DIM),
-        "img_resolution": _positive_int("img_resolution", kwargs["img_resolution"], MAX_RESOLUTION),
-        "img_channels": _positive_int("img_channels", kwargs.get("img_channels", 3), 4),
+        "w_dim": check_int(kwargs["w_dim"], CONFIG + "w_dim", 1, MAX_DIM),
+        "img_resolution": check_int(kwargs["img_resolution"], CONFIG + "img_resolution", 1, MAX_RESOLUTION),
+        "img_channels": check_int(kwargs.get("img_channels", 3), CONFIG + "img_channels", 1, 4),
     }
     if cfg["c_dim"] != 0:
         raise ConfigError(f"StyleGAN2 config: conditional generators (c_dim={brief(cfg['c_dim'])}) are not supported; c_dim must be 0")
@@ -99,15 +94,13 @@ def generator_config(kwargs: Mapping) -> dict:
     m = {k: mk.get(k, v) for k, v in _MAPPING_DEFAULTS.items()}
     s = {k: sk.get(k, v) for k, v in _SYNTHESIS_DEFAULTS.items()}
 
-    _positive_int("mapping_kwargs.num_layers", m["num_layers"], 32)
+    check_int(m["num_layers"], CONFIG + "mapping_kwargs.num_layers", 1, 32)
     if m["layer_features"] is not None:
-        _positive_int("mapping_kwargs.layer_features", m["layer_features"], MAX_DIM)
+        check_int(m["layer_features"], CONFIG + "mapping_kwargs.layer_features", 1, MAX_DIM)
     _positive_number("mapping_kwargs.lr_multiplier", m["lr_multiplier"])
-    _positive_int("synthesis_kwargs.channel_base", s["channel_base"], 1 << 20)
-    _positive_int("synthesis_kwargs.channel_max", s["channel_max"], MAX_DIM)
-    if (isinstance(s["num_fp16_res"], bool) or not isinstance(s["num_fp16_res"], int)
-            or not 0 <= s["num_fp16_res"] <= 16):
-        raise ConfigError(f"StyleGAN2 config: synthesis_kwargs.num_fp16_res must be an integer in [0, 16], got {brief(s['num_fp16_res'])}")
+    check_int(s["channel_base"], CONFIG + "synthesis_kwargs.channel_base", 1, 1 << 20)
+    check_int(s["channel_max"], CONFIG + "synthesis_kwargs.channel_max", 1, MAX_DIM)
+    check_int(s["num_fp16_res"], CONFIG + "synthesis_kwargs.num_fp16_res", 0, 16)
     if s["conv_clamp"] is not None:
         _positive_number("synthesis_kwargs.conv_clamp", s["conv_clamp"])
     if not isinstance(s["use_noise"], bool):
@@ -284,13 +277,17 @@ class SynthesisLayer(nn.Module):
         if use_noise:
             self.register_buffer("noise_const", torch.randn(resolution, resolution))
 
-    def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = "const", fused: bool = True) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = "const", fused_modconv: bool = True,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        """x (N, in, R/up, R/up), w (N, w_dim) -> (N, out, R, R). ``noise_mode``: "const" (the stored
+        ``noise_const``), "random" (fresh N(0, 1) per sample, drawn from ``generator``: training) or "none"."""
         styles = self.affine(w)  # (N, in_channels)
-        x = modulated_conv2d(x, self.weight, styles, demodulate=True, up=self.up, f=self.resample_filter, fused=fused)
+        x = modulated_conv2d(x, self.weight, styles, demodulate=True, up=self.up, f=self.resample_filter,
+                             fused=fused_modconv)
         if self.use_noise and noise_mode == "const":
             x = x + (self.noise_const * self.noise_strength).to(x.dtype)
         elif self.use_noise and noise_mode == "random":
-            noise = torch.randn(x.shape[0], 1, self.resolution, self.resolution, device=x.device)
+            noise = torch.randn(x.shape[0], 1, self.resolution, self.resolution, generator=generator, device=x.device)
             x = x + (noise * self.noise_strength).to(x.dtype)
         return _bias_act(x, self.bias, lrelu=True, clamp=self.conv_clamp)
 
@@ -306,9 +303,9 @@ class ToRGB(nn.Module):
         self.bias = nn.Parameter(torch.zeros(img_channels))
         self.weight_gain = 1 / math.sqrt(in_channels)
 
-    def forward(self, x: torch.Tensor, w: torch.Tensor, fused: bool = True) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, w: torch.Tensor, fused_modconv: bool = True) -> torch.Tensor:
         styles = self.affine(w) * self.weight_gain
-        x = modulated_conv2d(x, self.weight, styles, demodulate=False, fused=fused)
+        x = modulated_conv2d(x, self.weight, styles, demodulate=False, fused=fused_modconv)
         return _bias_act(x, self.bias, lrelu=False, clamp=self.conv_clamp)
 
 
@@ -329,19 +326,25 @@ class SynthesisBlock(nn.Module):
         self.torgb = ToRGB(out_channels, img_channels, w_dim, conv_clamp=conv_clamp)
         self.num_conv = 1 if resolution == 4 else 2  # ws rows used by the convs; torgb uses one more
 
-    def forward(self, x, img, ws, noise_mode: str = "const", force_fp32: bool = True):
-        """ws: (N, num_conv + 1, w_dim). Returns features x and the accumulated float32 img."""
+    def forward(self, x, img, ws, noise_mode: str = "const", force_fp32: bool = True,
+                fused_modconv: bool | None = None, generator: torch.Generator | None = None):
+        """ws: (N, num_conv + 1, w_dim). Returns features x and the accumulated float32 img.
+
+        ``fused_modconv``: None chooses. One grouped conv with per-sample kernels (the original's
+        fp32 choice) pays off on GPUs; on CPU scaling the activations around one shared conv is
+        faster. Both are the same maths, equal to float rounding.
+        """
         dtype = torch.float16 if self.use_fp16 and not force_fp32 else torch.float32
-        # One grouped conv with per-sample kernels (the original's fp32 choice) pays off on GPUs; on CPU
-        # scaling activations around one shared conv is faster (2.2x for the digits model, same maths).
-        fused = ws.shape[0] == 1 or (dtype == torch.float32 and ws.device.type != "cpu")
+        if fused_modconv is None:
+            fused_modconv = ws.shape[0] == 1 or (dtype == torch.float32 and ws.device.type != "cpu")
+        layer = dict(noise_mode=noise_mode, fused_modconv=fused_modconv, generator=generator)
         if self.resolution == 4:
             x = self.const.to(dtype)[None].repeat(ws.shape[0], 1, 1, 1)
-            x = self.conv1(x, ws[:, 0], noise_mode, fused)
+            x = self.conv1(x, ws[:, 0], **layer)
         else:
-            x = self.conv0(x.to(dtype), ws[:, 0], noise_mode, fused)
-            x = self.conv1(x, ws[:, 1], noise_mode, fused)
-        y = self.torgb(x, ws[:, -1], fused).to(torch.float32)
+            x = self.conv0(x.to(dtype), ws[:, 0], **layer)
+            x = self.conv1(x, ws[:, 1], **layer)
+        y = self.torgb(x, ws[:, -1], fused_modconv).to(torch.float32)
         img = y if img is None else upsample2x(img, self.resample_filter) + y
         return x, img
 
@@ -367,7 +370,10 @@ class SynthesisNetwork(nn.Module):
     def blocks(self) -> list[SynthesisBlock]:
         return [getattr(self, f"b{res}") for res in self.block_resolutions]
 
-    def forward(self, ws: torch.Tensor, noise_mode: str = "const", force_fp32: bool = True) -> torch.Tensor:
+    def forward(self, ws: torch.Tensor, noise_mode: str = "const", force_fp32: bool = True,
+                fused_modconv: bool | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The one forward of training and inference. Inference uses noise_mode "const" or "none";
+        training "random" with its own ``generator``, so a run is reproducible and resumable."""
         if ws.ndim != 3 or ws.shape[1:] != (self.num_ws, self.w_dim):
             raise ValueError(f"StyleGAN2 synthesis expects ws of shape (N, {self.num_ws}, {self.w_dim}), got {tuple(ws.shape)}")
         if noise_mode not in ("const", "none", "random"):
@@ -376,7 +382,8 @@ class SynthesisNetwork(nn.Module):
         row = 0
         for block in self.blocks():
             # The ToRGB row of one block is the conv0 row of the next one.
-            x, img = block(x, img, ws[:, row:row + block.num_conv + 1], noise_mode, force_fp32)
+            x, img = block(x, img, ws[:, row:row + block.num_conv + 1], noise_mode, force_fp32, fused_modconv,
+                           generator)
             row += block.num_conv
         return img
 
@@ -398,9 +405,11 @@ class Generator(nn.Module):
         self.mapping = MappingNetwork(cfg["z_dim"], cfg["w_dim"], self.num_ws, m["num_layers"],
                                       m["layer_features"], m["lr_multiplier"])
 
-    def forward(self, z, truncation_psi=1.0, truncation_cutoff=None, noise_mode="const", force_fp32=True):
+    def forward(self, z, truncation_psi=1.0, truncation_cutoff=None, noise_mode="const", force_fp32=True,
+                fused_modconv=None, generator=None):
         ws = self.mapping(z, truncation_psi, truncation_cutoff)
-        return self.synthesis(ws, noise_mode=noise_mode, force_fp32=force_fp32)
+        return self.synthesis(ws, noise_mode=noise_mode, force_fp32=force_fp32, fused_modconv=fused_modconv,
+                              generator=generator)
 
 
 def load_weights(module: nn.Module, state: Mapping[str, torch.Tensor], what: str) -> None:

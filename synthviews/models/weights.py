@@ -1,0 +1,158 @@
+"""The one safe reader of weights and checkpoint files: nothing from a file is ever run.
+
+Every model family and every other reader of ``torch.save`` or safetensors files
+goes through :func:`read_tensors` (weights: a flat name -> tensor dict) or
+:func:`read_torch` (a plain nested checkpoint: dicts, lists, numbers, strings,
+tensors), so one set of rules holds everywhere:
+
+- only a regular file within ``max_bytes`` is opened (a FIFO would hang the
+  reader), and a zip whose records would inflate past it is refused;
+- the suffix decides the format, in any case: ``.safetensors``, ``.pt``/``.pth``;
+- torch files are read with ``torch.load(weights_only=True)``, which refuses
+  pickled classes and functions;
+- tensors must be densely stored and finite (:func:`check_tensors`).
+
+A file that cannot be read gives one ConfigError line that names it, says what
+is wrong with it and, where there is one, what to do.
+"""
+
+from __future__ import annotations
+
+import pickle
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Mapping
+
+import torch
+
+from .._util.checks import MAX_WEIGHTS_BYTES, check_tensors, check_torch_file, error, regular_file
+from ..errors import ConfigError
+
+SAFETENSORS, TORCH_SUFFIXES = ".safetensors", (".pt", ".pth")
+WEIGHTS_SUFFIXES = (SAFETENSORS, *TORCH_SUFFIXES)
+LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # the legacy (non-zip) torch.save format opens with a pickle of this int
+
+
+def read_tensors(path, what: str, *, max_bytes: int = MAX_WEIGHTS_BYTES) -> tuple[dict[str, torch.Tensor], dict]:
+    """The tensors of a ``.safetensors`` or ``.pt``/``.pth`` state dict and the file's metadata.
+
+    ``what`` names the file in errors (``"StyleGAN2 checkpoint"``). The metadata is
+    the safetensors header's ``__metadata__`` (strings to strings); a torch file has none.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in WEIGHTS_SUFFIXES:
+        raise error(f"{what} {path}: unknown file type {suffix!r}; use a .pt/.pth state dict or a .safetensors file")
+    if suffix == SAFETENSORS:
+        regular_file(path, what, max_bytes)
+        state, meta = _read_safetensors(path, what)
+    else:
+        state, meta = _torch_load(path, what, max_bytes, "state dict",
+                                  "save model.state_dict() instead"), {}
+    state = flat_tensors(state, f"{what} {path}")
+    check_tensors(state, f"{what} {path}")
+    return state, meta
+
+
+def read_torch(path, what: str, *, max_bytes: int = MAX_WEIGHTS_BYTES):
+    """The object a ``torch.save`` file holds (a training or walker checkpoint), read with weights_only=True.
+
+    The caller checks what the object is (its ``format`` key); this only guarantees
+    that reading it ran no code and allocated no more than the file says.
+    """
+    return _torch_load(Path(path), what, max_bytes, "tensor checkpoint",
+                       "save only tensors, numbers and strings in dicts/lists")
+
+
+def flat_tensors(state, what: str) -> dict[str, torch.Tensor]:
+    """``state`` as a dict of name -> tensor, or a ConfigError saying what it is instead."""
+    if not isinstance(state, Mapping):
+        raise ConfigError(f"{what} holds a {type(state).__name__}, not a state dict (a dict of name -> tensor)")
+    others = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if others:
+        shown = ", ".join(repr(k) for k in others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        raise error(f"{what} is not a flat state dict: entries {shown} are not tensors; if the weights sit "
+                    "under one of these keys, use that inner dict on its own")
+    return dict(state)
+
+
+# --- torch files ------------------------------------------------------------------
+
+def _unreadable(what: str, path: Path, problem: str, kind: str, detail: str | None = None) -> ConfigError:
+    tail = f" ({detail})" if detail else ""
+    return error(f"{what} {path}{problem}: not a readable {kind}, so it cannot be read{tail}")
+
+
+def _torch_load(path: Path, what: str, max_bytes: int, kind: str, advice: str):
+    check_torch_file(path, what, max_bytes)  # regular file, size, no inflating records
+    problem = _torch_file_problem(path)
+    if problem:
+        raise _unreadable(what, path, f" {problem}", kind)
+    try:
+        with warnings.catch_warnings():  # torch's warnings about foreign pickles: the error says enough
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - refusals and damaged records: type and text vary between torch versions
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()] or [type(e).__name__]
+        refused = next((ln for ln in lines if "Unsupported" in ln), None)
+        read = ": torch.load(weights_only=True) could not read it"
+        if isinstance(e, pickle.UnpicklingError) and refused is not None:
+            detail = refused.split("error: ", 1)[-1].split(" was not", 1)[0]
+            raise error(f"{what} {path}{read}: it is not a plain {kind}: it holds Python objects, and synthviews "
+                        f"never runs code; {advice} (torch: {detail})") from None
+        raise _unreadable(what, path, f"{read}: it is truncated or damaged", kind, f"torch: {lines[0]}") from None
+
+
+class _NoGlobalsUnpickler(pickle.Unpickler):
+    """Reads plain data only: used to peek at the first pickle of a legacy torch file."""
+
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f"global {module}.{name}")
+
+    def persistent_load(self, pid):
+        raise pickle.UnpicklingError("persistent id")
+
+
+def _torch_file_problem(path: Path) -> str | None:
+    """What is wrong with a torch file, found without torch, so that the message does not
+    depend on which exception (and text) a torch version raises."""
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if head == b"PK":  # torch.save's default: a zip archive with <name>/data.pkl
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+            return ("is truncated or damaged: its zip directory cannot be read "
+                    "(download or copy it again if it was truncated)")
+        if not any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
+            return "is a zip archive but not one that torch.save writes (no data.pkl inside)"
+        return None
+    if head[:1] == b"\x80":  # legacy torch.save: a pickle of the magic number comes first
+        try:
+            with open(path, "rb") as f:
+                first = _NoGlobalsUnpickler(f).load()
+        except Exception:  # noqa: BLE001 - anything at all: it is not the legacy header
+            first = None
+        if not (type(first) is int and first == LEGACY_MAGIC):
+            return "is a plain pickle, not a file written by torch.save (a network pickle should be named .pkl)"
+        return None
+    return "is not a torch file (neither a zip archive nor a legacy torch.save stream)"
+
+
+# --- safetensors --------------------------------------------------------------------
+
+def _read_safetensors(path: Path, what: str) -> tuple[dict[str, torch.Tensor], dict]:
+    try:
+        from safetensors import safe_open
+    except ImportError:
+        raise ConfigError(f"reading {what} {path} needs the safetensors package: pip install safetensors") from None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # noqa: BLE001 - SafetensorError and friends: header or sizes wrong
+        raise _unreadable(what, path, " is not a valid .safetensors file (truncated or foreign?)", "state dict",
+                          f"safetensors: {e}") from None
+    return state, meta
