@@ -211,3 +211,14 @@ def test_a_missing_view_is_an_error_without_a_manifest_too(clean, tmp_path):
     drop_view(ds)
     with pytest.raises(ShardError, match=f"{SHARD}: sample 000000024: stored views \\[1, 2\\] are not view0"):
         list(ShardViews([str(ds / SHARD)], epoch_samples=20, shuffle=0))
+
+
+def test_verify_lists_every_bad_sample_of_a_shard_not_only_the_first(clean, tmp_path):
+    ds = tmp_path / "ds"
+    shutil.copytree(clean, ds)
+    _rewrite(ds, "000000022.view1.jpg", None)  # a missing member ...
+    _rewrite(ds, "000000030.view0.jpg", b"\xff\xd8 not a jpeg")  # ... and, further on, a broken image
+    problems = verify(ds)
+    assert any(p.startswith(f"{SHARD}: sample 000000022 lacks view1.jpg") for p in problems), problems
+    assert any(p.startswith(f"{SHARD}/000000030: view0.jpg") for p in problems), problems
+    assert not any(p.startswith("shard ") for p in problems)  # one prefix style: the shard's name

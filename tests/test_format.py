@@ -60,7 +60,7 @@ def test_temporary_names_of_both_writers_are_recognised(tmp_path, monkeypatch):
 
 
 def test_hub_patterns_select_exactly_the_dataset_files():
-    patterns = fmt.allow_patterns(["train", "test"])
+    patterns = fmt.dataset_patterns(["train", "test"])
     names = [fmt.shard_name("train", 0), fmt.shard_name("test", 7), fmt.MANIFEST_NAME, *fmt.CARD_FILES,
              fmt.progress_name("train", 0, 2), fmt.LOCK_NAME, fmt.temporary_name(fmt.shard_name("train", 1)),
              "notes.txt"]

@@ -22,9 +22,12 @@ def test_suffixes_are_case_insensitive(tmp_path):
     save_file(state, str(tmp_path / "w.SafeTensors"), metadata={"k": "v"})
     got, meta = read_tensors(tmp_path / "w.SafeTensors", "weights")
     assert meta == {"k": "v"} and all(torch.equal(got[k], state[k]) for k in state)
-    (tmp_path / "w.bin").write_bytes(b"x")
-    with pytest.raises(ConfigError, match=r"weights .*w\.bin: unknown file type '\.bin'"):
-        read_tensors(tmp_path / "w.bin", "weights")
+    torch.save(state, tmp_path / "w.bin")  # e.g. a converted release: any other suffix is a torch file
+    got, meta = read_tensors(tmp_path / "w.bin", "weights")
+    assert meta == {} and all(torch.equal(got[k], state[k]) for k in state)
+    (tmp_path / "w.ckpt").write_bytes(b"x")
+    with pytest.raises(ConfigError, match=r"weights .*w\.ckpt.* not a torch file"):
+        read_tensors(tmp_path / "w.ckpt", "weights")
 
 
 def test_every_family_says_the_same_about_the_same_bad_file(tmp_path):

@@ -15,7 +15,6 @@ import os
 import re
 import stat
 import zipfile
-from pathlib import Path
 from typing import Callable, Mapping
 
 from ..errors import ConfigError
@@ -379,6 +378,3 @@ def validate(value, schema: Check, where: str):
     """``value`` checked against ``schema``; a ConfigError names ``where`` (a file) and the field."""
     return schema(value, where + ":")
 
-
-def file_label(path) -> str:
-    return short(str(Path(path)), 120)

@@ -11,22 +11,17 @@ def flag_name(field) -> str:
     return field.metadata["setting"]["flag"] or "--" + field.name.replace("_", "-")
 
 
-def add_flags(parser, cls, only=None, defaults=None) -> None:
-    """Add a flag for every described field of ``cls`` (or those named in ``only``) to ``parser``
-    (a parser or an argument group). The value lands in ``args.<field name>``; a flag left out sets
-    nothing, so :func:`given` keeps the dataclass default, even where the flag can say None (e.g.
-    ``--truncation none``). ``defaults`` shows other defaults in the help (e.g. of a preset)
-    without changing what is parsed."""
+def add_flags(parser, cls) -> None:
+    """Add a flag for every described field of ``cls`` to ``parser`` (a parser or an argument group).
+    The value lands in ``args.<field name>``; a flag left out sets nothing, so :func:`given` keeps
+    the dataclass default, even where the flag can say None (e.g. ``--truncation none``)."""
     for field in described_fields(cls):
-        if only is not None and field.name not in only:
-            continue
         meta, flag = field.metadata["setting"], flag_name(field)
-        shown = (defaults or {}).get(field.name, field.default)
         kind = _argparse_type(meta["type"]) if meta["type"] else type(field.default) if field.default is not None else str
         metavar = None if meta["choices"] else flag[2:].replace("-", "_").upper()  # None: {a,b} lists the choices
         parser.add_argument(flag, dest=field.name, metavar=metavar, type=kind, choices=meta["choices"],
                             default=argparse.SUPPRESS,
-                            help=f"{meta['help']} (default: {show_default(shown)})")
+                            help=f"{meta['help']} (default: {show_default(field.default)})")
 
 
 def _argparse_type(parse):

@@ -15,7 +15,6 @@ import threading
 # Only light modules here: torch and the models load inside main(), so Ctrl-C during start-up is one line too.
 from .._util.checks import short
 from ..errors import ConfigError
-from .datasets import WORKERS_HELP
 
 RESUMABLE_VERBS = ("generate", "merge")
 
@@ -89,7 +88,4 @@ def _resume_hint(verb: str) -> str:
     return "; rerun the same command to resume" if verb in RESUMABLE_VERBS else ""
 
 
-__all__ = ["build_parser", "main", "WORKERS_HELP"]  # WORKERS_HELP lives in .datasets; re-exported for old imports
-
-if __name__ == "__main__":
-    sys.exit(main())
+__all__ = ["build_parser", "main"]

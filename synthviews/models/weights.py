@@ -7,7 +7,7 @@ tensors), so one set of rules holds everywhere:
 
 - only a regular file within ``max_bytes`` is opened (a FIFO would hang the
   reader), and a zip whose records would inflate past it is refused;
-- the suffix decides the format, in any case: ``.safetensors``, ``.pt``/``.pth``;
+- the suffix decides the format, in any case: ``.safetensors``, else a torch file;
 - torch files are read with ``torch.load(weights_only=True)``, which refuses
   pickled classes and functions;
 - tensors must be densely stored and finite (:func:`check_tensors`).
@@ -35,16 +35,16 @@ LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # the legacy (non-zip) torch.save format 
 
 
 def read_tensors(path, what: str, *, max_bytes: int = MAX_WEIGHTS_BYTES) -> tuple[dict[str, torch.Tensor], dict]:
-    """The tensors of a ``.safetensors`` or ``.pt``/``.pth`` state dict and the file's metadata.
+    """The tensors of a ``.safetensors`` file or a torch state dict, and the file's metadata.
+
+    Any other suffix is read as a torch file (``.pt``, ``.pth``, but also the ``.bin`` and
+    ``.ckpt`` of converted releases): the content is sniffed, and refused with its reason.
 
     ``what`` names the file in errors (``"StyleGAN2 checkpoint"``). The metadata is
     the safetensors header's ``__metadata__`` (strings to strings); a torch file has none.
     """
     path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in WEIGHTS_SUFFIXES:
-        raise error(f"{what} {path}: unknown file type {suffix!r}; use a .pt/.pth state dict or a .safetensors file")
-    if suffix == SAFETENSORS:
+    if path.suffix.lower() == SAFETENSORS:
         regular_file(path, what, max_bytes)
         state, meta = _read_safetensors(path, what)
     else:
@@ -86,7 +86,7 @@ def _unreadable(what: str, path: Path, problem: str, kind: str, detail: str | No
 
 def _torch_load(path: Path, what: str, max_bytes: int, kind: str, advice: str):
     check_torch_file(path, what, max_bytes)  # regular file, size, no inflating records
-    problem = _torch_file_problem(path)
+    problem = _torch_file_problem(path, network_pickle_hint=kind == "state dict")
     if problem:
         raise _unreadable(what, path, f" {problem}", kind)
     try:
@@ -114,7 +114,7 @@ class _NoGlobalsUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError("persistent id")
 
 
-def _torch_file_problem(path: Path) -> str | None:
+def _torch_file_problem(path: Path, network_pickle_hint: bool) -> str | None:
     """What is wrong with a torch file, found without torch, so that the message does not
     depend on which exception (and text) a torch version raises."""
     with open(path, "rb") as f:
@@ -136,7 +136,8 @@ def _torch_file_problem(path: Path) -> str | None:
         except Exception:  # noqa: BLE001 - anything at all: it is not the legacy header
             first = None
         if not (type(first) is int and first == LEGACY_MAGIC):
-            return "is a plain pickle, not a file written by torch.save (a network pickle should be named .pkl)"
+            hint = " (a network pickle should be named .pkl)" if network_pickle_hint else ""
+            return f"is a plain pickle, not a file written by torch.save{hint}"
         return None
     return "is not a torch file (neither a zip archive nor a legacy torch.save stream)"
 

@@ -42,7 +42,7 @@ from .._util.checks import (
 from .._util.files import sha256_file, write_atomic
 from ..errors import ConfigError
 from ..models.weights import read_torch
-from .base import Policy, check_groups, policy_file_dir
+from .base import Policy, check_groups, check_keys, policy_file_dir
 
 FORMAT = "synthviews-walker"  # the "format" entry of every walker checkpoint and training-state file
 
@@ -245,10 +245,7 @@ class WalkerPolicy(Policy):
 
     @classmethod
     def from_dict(cls, d: Mapping, base: str | Path | None = None) -> "WalkerPolicy":
-        unknown = set(d) - {"kind", "walkers", "scale"}
-        if unknown:
-            raise ConfigError(f"walker policy: unknown key(s) {', '.join(sorted(map(str, unknown)))}; "
-                              "allowed: kind, walkers, scale")
+        check_keys(d, {"kind", "walkers", "scale"})
         items = d.get("walkers")
         if not isinstance(items, list) or not items:
             raise ConfigError("walker policy: 'walkers' must be a non-empty list of checkpoint paths")

@@ -114,7 +114,7 @@ def is_own_hidden_file(name: str) -> bool:
 IGNORE_PATTERNS = (".*", "*/.*", "*.tmp", PROGRESS_GLOB)
 
 
-def allow_patterns(splits) -> list[str]:
+def dataset_patterns(splits) -> list[str]:
     """Patterns selecting the files of ``splits`` (and nothing else): shards, manifest and card."""
     return [shard_pattern(split) for split in sorted(splits)] + [MANIFEST_NAME, *CARD_FILES]
 
@@ -161,7 +161,9 @@ def stored_hwc(config: dict) -> tuple[int, int, int]:
 
 # --- image encoding ----------------------------------------------------------------------------------------
 
-FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
+# Image suffix -> the PIL encoder and the options that fix its bytes (no optimise pass, no progressive JPEG).
+FORMATS = {"jpg": ("JPEG", {"optimize": False, "progressive": False}), "png": ("PNG", {"compress_level": 6}),
+           "webp": ("WEBP", {"method": 4})}
 DEFAULT_QUALITY = {"jpg": 95, "webp": 90, "png": None}
 
 
@@ -195,12 +197,8 @@ def encode_image(array: np.ndarray, fmt: str, quality: int | None) -> bytes:
         array = np.repeat(array, 3, axis=-1)
     image = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
     buf = io.BytesIO()
-    if fmt == "jpg":
-        image.save(buf, format="JPEG", quality=quality, optimize=False, progressive=False)
-    elif fmt == "webp":
-        image.save(buf, format="WEBP", quality=quality, method=4)
-    else:
-        image.save(buf, format="PNG", compress_level=6)
+    encoder, options = FORMATS[fmt]
+    image.save(buf, format=encoder, **options, **({} if quality is None else {"quality": quality}))
     return buf.getvalue()
 
 

@@ -23,8 +23,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from .card import write_card
-from .format import CARD_FILES, IGNORE_PATTERNS, MANIFEST_NAME
-from .format import allow_patterns as split_patterns
+from .format import CARD_FILES, IGNORE_PATTERNS, MANIFEST_NAME, dataset_patterns
 from .manifest import pending_splits, read_manifest
 from .verify import verify
 
@@ -47,7 +46,7 @@ def check_repo_id(repo_id: str) -> str:
 
 def allow_patterns(manifest: dict) -> list[str]:
     """Patterns selecting the dataset's files (and nothing else) for huggingface_hub's upload."""
-    return split_patterns(manifest["splits"])
+    return dataset_patterns(manifest["splits"])
 
 
 def dataset_url(repo_id: str, endpoint: str | None = None) -> str:

@@ -17,7 +17,7 @@ import hashlib
 import io
 import tarfile
 from pathlib import Path
-from typing import BinaryIO, Iterator, Sequence
+from typing import BinaryIO, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -86,7 +86,8 @@ class _Tap:
 
 def checked_samples(stream: BinaryIO, name: str, first: int, count: int, fields: set[str],
                     size: int | None = None, sha256: str | None = None,
-                    lo: int = 0, hi: int | None = None) -> Iterator[tuple[int, str, dict[str, bytes]]]:
+                    lo: int = 0, hi: int | None = None,
+                    on_problem: Callable[[str], None] | None = None) -> Iterator[tuple[int, str, dict[str, bytes]]]:
     """``(index, key, fields)`` of samples ``lo`` to ``hi`` (positions in the shard) of shard ``name``.
 
     The whole shard is read and checked against its record while streaming:
@@ -94,6 +95,8 @@ def checked_samples(stream: BinaryIO, name: str, first: int, count: int, fields:
     in order, exactly ``fields`` in each, ``size`` bytes and, if given, ``sha256``.
     A mismatch raises :class:`ShardError` naming the shard and the sample; the
     size and hash can only be known at the end, after the samples were yielded.
+    With ``on_problem``, a sample with the wrong key or members is reported to it
+    and skipped instead, so a checker can list every bad sample of a shard.
     """
     hi = count if hi is None else hi
     tap = _Tap(stream, sha256 is not None)
@@ -104,15 +107,20 @@ def checked_samples(stream: BinaryIO, name: str, first: int, count: int, fields:
             index = first + seen
             if seen >= count:
                 raise ShardError(f"shard {name}: sample {key} is more than the {count} the manifest lists")
+            wrong = None
             if key != sample_key(index):
-                raise ShardError(f"shard {name}: sample {key} where {sample_key(index)} was expected (shard index "
-                                 f"range {first}-{first + count - 1}: a swapped, renamed or foreign shard?)")
-            if set(sample) != fields:
+                wrong = (f"shard {name}: sample {key} where {sample_key(index)} was expected (shard index "
+                         f"range {first}-{first + count - 1}: a swapped, renamed or foreign shard?)")
+            elif set(sample) != fields:
                 missing, extra = sorted(fields - set(sample)), sorted(set(sample) - fields)
-                raise ShardError(f"shard {name}: sample {key} " + "; ".join(
+                wrong = f"shard {name}: sample {key} " + "; ".join(
                     part for part in (f"lacks {', '.join(missing)}" if missing else "",
-                                      f"has unexpected {', '.join(extra)}" if extra else "") if part))
-            if lo <= seen < hi:
+                                      f"has unexpected {', '.join(extra)}" if extra else "") if part)
+            if wrong is not None and on_problem is None:
+                raise ShardError(wrong)
+            if wrong is not None:
+                on_problem(wrong)  # e.g. verify: note it, go on with the next sample
+            elif lo <= seen < hi:
                 yield index, key, sample
             seen += 1
         tap.drain()

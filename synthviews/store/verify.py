@@ -67,13 +67,19 @@ def _check_shard(out: Path, record: dict, first: int, count: int, config: dict) 
     views, hwc = view_fields(config["image"]["format"], config["views"]), stored_hwc(config)
     try:
         with open(path, "rb") as f:
-            for index, key, sample in checked_samples(f, name, first, count, split_fields(config)):
+            for index, key, sample in checked_samples(f, name, first, count, split_fields(config),
+                                                      on_problem=lambda text: problems.append(_line(text))):
                 problems += sample_problems(f"{name}/{key}", sample, index, views, hwc)
     except ShardError as e:
-        problems.append(str(e))
+        problems.append(_line(str(e)))
     except OSError as e:
         problems.append(f"{name}: unreadable ({e})")
     return problems
+
+
+def _line(text: str) -> str:
+    """The reader's ``shard NAME: ...`` as verify's ``NAME: ...``, like every other line it prints."""
+    return text.removeprefix("shard ")
 
 
 def summary(out: str | Path) -> str:

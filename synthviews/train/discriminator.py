@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-SQRT2 = math.sqrt(2.0)
+from ..models.stylegan2.networks import SQRT2  # the gain that keeps lrelu's output variance
 
 
 class EqConv2d(nn.Module):
@@ -31,6 +31,8 @@ class EqConv2d(nn.Module):
 
 
 class EqLinear(nn.Module):
+    """Linear layer with equalised learning rate, like :class:`EqConv2d`."""
+
     def __init__(self, cin: int, cout: int):
         super().__init__()
         self.weight = nn.Parameter(torch.randn(cout, cin))
