@@ -1,5 +1,7 @@
-"""Loader throughput: ShardViews vs bare webdataset + PIL vs ImageFolder-of-PNG, and
-ContinuousViews vs a bare generation loop. One table, all measured in this run.
+"""Loader throughput: ShardViews vs bare webdataset + PIL vs ImageFolder-of-PNG vs a PIL
+decode-only loop, and ContinuousViews vs a bare generation loop. One table, all measured in
+this run, then the ratios of issue 14 (ShardViews per worker / the PIL decode-to-array limit;
+ShardViews / bare webdataset + PIL, 2 workers) and a T_x row (simclr per batch vs per sample).
 
 The shards come from ``--model`` (default: the 1-channel ``digits``; ``toy`` is
 3-channel), resized to ``--resolution``; the ContinuousViews rows use ``toy``.
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -22,7 +25,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 import synthviews as sv
-from synthviews.data import ContinuousViews, loader
+from synthviews.data import ContinuousViews, ShardViews, loader
 from synthviews.store.writer import generate
 from synthviews.views import ViewSampler
 
@@ -55,13 +58,53 @@ class PngPairs(Dataset):
         return [_tensor((self.folder / f"{i:06d}_{v}.png").read_bytes()) for v in (0, 1)], i
 
 
-def rate(make_loader, views_per_item: int = 2) -> float:
-    """Views per second over one full pass (after a one-batch warm-up pass of a fresh loader)."""
+def rate(make_loader, views_per_item: int = 2, runs: int = 1) -> float:
+    """Views per second over one pass of a fresh loader, timed from its first batch (worker start-up
+    left out: it does not depend on the reader); best of ``runs``."""
+    best = 0.0
+    for _ in range(runs):
+        t, n = None, 0
+        for views, _ in make_loader():
+            if t is None:
+                t = time.perf_counter()
+            else:
+                n += views[0].shape[0] * views_per_item
+        best = max(best, n / (time.perf_counter() - t))
+    return best
+
+
+def cpu_rate(make_loader, views_per_item: int = 2) -> float:
+    """Views per CPU second of the loader's workers over one whole pass (start-up included), from the
+    rusage of the joined worker processes: what a shared, busy machine does not distort."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    n = 0
     dl = make_loader()
-    t, n = time.perf_counter(), 0
     for views, _ in dl:
         n += views[0].shape[0] * views_per_item
-    return n / (time.perf_counter() - t)
+    del dl  # the workers are joined at the end of the pass
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return n / max(1e-9, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+
+
+def decode_cpu_limit(blobs: list[bytes]) -> float:
+    """Views per CPU second of the PIL decode-to-array loop (this process)."""
+    t = time.process_time()
+    for data in blobs:
+        with Image.open(io.BytesIO(data)) as im:
+            np.asarray(im)
+    return len(blobs) / (time.process_time() - t)
+
+
+def decode_limit(blobs: list[bytes], runs: int = 2) -> float:
+    """Views per second of a bare PIL decode-to-array loop over JPEG bytes already in memory (one process)."""
+    best = 0.0
+    for _ in range(runs):
+        t = time.perf_counter()
+        for data in blobs:
+            with Image.open(io.BytesIO(data)) as im:
+                np.asarray(im)
+        best = max(best, len(blobs) / (time.perf_counter() - t))
+    return best
 
 
 def main() -> None:
@@ -90,17 +133,39 @@ def main() -> None:
                 for v in (0, 1):
                     Image.open(io.BytesIO(sample[f"view{v}.jpg"])).save(pngs / f"{i:06d}_{v}.png")
 
-        rows = []
+        blobs = [sample[f"view{v}.jpg"] for url in urls for sample in wds.WebDataset(url, shardshuffle=False)
+                 for v in (0, 1)]
+        # the per-worker figure: the reader in this process (what one worker does: read, check, decode,
+        # collate, convert), measured in turns with the PIL loop so that a busy machine slows both alike
+        limit = inproc = 0.0
+        for _ in range(3):
+            limit = max(limit, decode_limit(blobs, runs=1))
+            inproc = max(inproc, rate(lambda: loader(out, batch_size=BATCH, num_workers=0, shuffle=0, pairs=[0, 1])))
+        cpu_limit = max(decode_cpu_limit(blobs) for _ in range(2))
+        cpu_one = max(cpu_rate(lambda: loader(out, batch_size=BATCH, num_workers=1, shuffle=0, pairs=[0, 1]))
+                      for _ in range(2))
+        rows, measured = [("ShardViews, in this process (0 workers)", inproc, float("nan"), float("nan"))], {}
         for workers in (1, 2):
-            ours = rate(lambda: loader(out, batch_size=BATCH, num_workers=workers, shuffle=0, pairs=[0, 1]))
+            ours = rate(lambda: loader(out, batch_size=BATCH, num_workers=workers, shuffle=0, pairs=[0, 1]), runs=2)
             bare = rate(lambda: DataLoader(
                 wds.DataPipeline(wds.SimpleShardList(urls), wds.split_by_worker, wds.tarfile_to_samples(),
                                  wds.map(_bare_item)),
-                batch_size=BATCH, num_workers=workers))
+                batch_size=BATCH, num_workers=workers), runs=2)
             png = rate(lambda: DataLoader(PngPairs(pngs, n), batch_size=BATCH, num_workers=workers))
+            measured[workers] = ours, bare
             rows += [(f"ShardViews, {workers} worker(s)", ours, ours / bare, ours / png),
                      (f"bare webdataset + PIL, {workers} worker(s)", bare, 1.0, bare / png),
                      (f"ImageFolder of PNG files, {workers} worker(s)", png, png / bare, 1.0)]
+        rows.append(("PIL decode-to-array loop, 1 process, in RAM", limit, float("nan"), float("nan")))
+
+        # T_x: the simclr preset per batch (loader) vs per sample (a plain DataLoader), 2 workers
+        tx_n = min(n, 1024)
+        size = max(8, args.resolution * 7 // 8)
+        per_batch = rate(lambda: loader(out, batch_size=BATCH, num_workers=2, pairs=[0, 1], t_x="simclr",
+                                        t_x_size=size, epoch_samples=tx_n))
+        per_sample = rate(lambda: DataLoader(ShardViews(out, pairs=[0, 1], t_x="simclr", t_x_size=size,
+                                                        epoch_samples=tx_n, num_workers=2, batch_size=BATCH),
+                                             batch_size=BATCH, num_workers=2))
 
         model = sv.load_model("toy", resolution=args.resolution)
         sampler = ViewSampler(model, views=1, seed=0)
@@ -129,6 +194,20 @@ def main() -> None:
     for name, r, vs_bare, vs_png in rows:
         print(f"| {name:<44} | {r:>8.0f} | {vs_bare:>7.2f}x | {vs_png:>6.2f}x |")
     print("(ContinuousViews rows compare with the bare generation loop, not with the shard readers.)")
+    (one, bare_one), (two, bare_two) = measured[1], measured[2]
+    print()
+    print(f"| {'ratio (issue 14)':<64} | {'value':>15} | {'goal':>7} |")
+    print(f"|{'-' * 66}|{'-' * 17}|{'-' * 9}|")
+    for name, num, den, goal in (
+            ("ShardViews views/s per worker (in process) / PIL decode limit", inproc, limit, ">= 0.80"),
+            ("ShardViews views/s per worker (1 worker) / PIL decode limit", one, limit, ">= 0.80"),
+            ("ShardViews views/s per worker (2 workers / 2) / PIL decode limit", two / 2, limit, ">= 0.80"),
+            ("the same per CPU second: 1 worker's CPU time / PIL loop's", cpu_one, cpu_limit, ">= 0.80"),
+            ("ShardViews 2 workers / bare webdataset + PIL 2 workers", two, bare_two, ">= 1.0"),
+            ("ShardViews 1 worker / bare webdataset + PIL 1 worker", one, bare_one, "")):
+        print(f"| {name:<64} | {f'{num:.0f}/{den:.0f}={num / den:.2f}':>15} | {goal:>7} |")
+    print(f"| {f'simclr T_x ({size} px), 2 workers: per batch / per sample':<64} | "
+          f"{f'{per_batch:.0f}/{per_sample:.0f}={per_batch / per_sample:.2f}':>15} | {'':>7} |")
 
 
 if __name__ == "__main__":

@@ -6,10 +6,13 @@ available), BigBiGAN 128 px, and the procedural ``toy`` at 64 px. Each row
 times ``decode(compose(anchor, {}))`` under ``torch.inference_mode`` after one
 warm-up call, best of ``--repeats``.
 
+``--compile`` times the decode as ``ViewSampler(compile=True)`` compiles it (the first,
+compiling call is the warm-up); ``benchmarks/bench_gpu.py`` compares eager, bf16 and compile.
+
 ``--quick`` (a smoke run) builds the same rows with tiny architectures instead
 (StyleGAN2 at 32 and 16 px with few channels, BigBiGAN ``ch=8``, toy 32 px), batch 1, one repeat.
 
-Run: python benchmarks/bench_models.py [--device cuda] [--batch-sizes 1,4] [--repeats 3] [--quick]
+Run: python benchmarks/bench_models.py [--device cuda] [--batch-sizes 1,4] [--repeats 3] [--compile] [--quick]
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import torch
 
 import synthviews as sv
 from synthviews.latents import sample_prior
+from synthviews.views import compile_decode
 
 STYLEGAN2_CONFIG_F = {  # stylegan2-ada-pytorch "config-f": 8 mapping layers, channel_base 32768, max 512
     "z_dim": 512, "w_dim": 512, "img_channels": 3,
@@ -78,6 +82,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, help="timed calls per row, best kept (default: 3; --quick 1)")
     parser.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"], help="BigBiGAN autocast (fp16: CUDA)")
     parser.add_argument("--channels-last", action="store_true", help="BigBiGAN memory format")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the decode, as ViewSampler(compile=True)")
     parser.add_argument("--quick", action="store_true", help="tiny architectures, batch 1, one repeat: a smoke run")
     args = parser.parse_args()
     if args.batch_sizes is None:
@@ -87,7 +92,8 @@ def main() -> None:
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
 
     print(f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads, "
-          f"bigbigan amp {args.amp}{', channels_last' if args.channels_last else ''}")
+          f"bigbigan amp {args.amp}{', channels_last' if args.channels_last else ''}"
+          f"{', compiled decode' if args.compile else ''}")
     print(f"| {'model':<20} | {'res':>4} | {'batch':>5} | {'ms/batch':>9} | {'images/s':>9} |")
     print(f"|{'-' * 22}|{'-' * 6}|{'-' * 7}|{'-' * 11}|{'-' * 11}|")
     for label, res, factory in model_factories(args.device, args.amp, args.channels_last, args.quick):
@@ -99,10 +105,11 @@ def main() -> None:
             print(f"note: could not build {label} {res}px ({type(e).__name__}: {e})")
             continue
         streams = sv.Streams(0)
+        decode = compile_decode(model) if args.compile else model.decode
         for b in batch_sizes:
             z = sample_prior(model.prior, streams, range(b), model.latent_dim).to(args.device)
             with torch.inference_mode():
-                t = best_of(lambda m=model: m.decode(m.compose(z, {})), args.repeats, args.device)
+                t = best_of(lambda m=model, d=decode: d(m.compose(z, {})), args.repeats, args.device)
             print(f"| {label:<20} | {res:>4} | {b:>5} | {t * 1e3:>9.1f} | {b / t:>9.2f} |", flush=True)
         del model
 

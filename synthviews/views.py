@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -52,16 +53,33 @@ class ViewSampler:
     what :meth:`describe` records under ``decode``. On CPU each block is
     computed by one thread and ``threads`` blocks (default: torch's thread
     count) run at once, so the core count does not change the bytes either.
+
+    ``compile=True`` runs the model's ``decode`` through ``torch.compile``
+    (inductor, default mode, whole graph, static shapes): CUDA graphs are
+    off (the blocks of a batch keep their outputs) and so is timing-based
+    kernel choice (``max-autotune``, and inductor's benchmarking where it has
+    a deterministic mode), so the same settings still give the same bytes;
+    they differ from eager decoding in the last bits (float rounding), so
+    :meth:`decode_settings` records ``compile``. The decode is compiled when
+    the sampler is built, on block 0, once per input shape (one: the block's) and grad mode
+    (:meth:`sample`'s ``inference=False`` compiles once more, on its first
+    call); an empty request decodes eagerly. A decode that does not compile
+    (no C++ compiler on CPU, no triton on CUDA, a graph break) is a
+    ConfigError in one line naming the cause, raised before anything is
+    written, never a silent fallback to eager, which would make other bytes
+    than the manifest says.
     """
 
     def __init__(self, model: MLVGM, policy: Policy | dict | str | None = None, views: int = 1, seed: int = 0,
                  device: str | torch.device | None = None, amp: str | None = None, block: int = DECODE_BLOCK,
-                 threads: int | None = None):
+                 threads: int | None = None, compile: bool = False):
         if isinstance(views, bool) or not isinstance(views, int) or views < 1:
             raise ConfigError(f"views (positives per anchor) must be an integer >= 1, got {views!r}")
         check_int(block, "decode block (anchors per generator call)", 1, MAX_DECODE_BLOCK)
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise ConfigError(f"decode threads must be an integer >= 1 or None, got {threads!r}")
+        if not isinstance(compile, bool):
+            raise ConfigError(f"compile must be true or false, got {compile!r}")
         self.block, self.threads, self._pool = block, threads, None
         self.policy = resolve_policy(policy, model)
         self.streams = Streams(seed)
@@ -70,6 +88,9 @@ class ViewSampler:
         self.device = model.device if device is None else resolve_device(device)
         self.model = model.to(self.device).eval()
         amp_context(self.device, amp)  # validate early
+        self.compile, self._compiled, self._warm = bool(compile), None, set()
+        if self.compile:  # compile now: a failure surfaces before a caller writes anything
+            self._run_blocks([0], decode=True, inference=True)
 
     def latents(self, indices) -> ViewBatch:
         """Anchors, composed codes (B, 1+K, ...) and deltas, without decoding."""
@@ -111,31 +132,43 @@ class ViewSampler:
         count is process-wide, so it is 1 while the blocks decode and restored after
         (torch work in other threads meanwhile runs single-threaded too).
         """
-        def run(block: int) -> ViewBatch:
+        def run(block: int, first_compiled: bool = False) -> ViewBatch:
             # grad mode is thread-local: set it in the thread that computes
             with torch.inference_mode() if inference else torch.no_grad(), deterministic_algorithms(self.device):
                 idx = np.arange(block * self.block, (block + 1) * self.block, dtype=np.int64)
-                return self._block_of(idx, decode)
+                return self._block_of(idx, decode, first_compiled)
 
+        # The first compiled call of a grad mode compiles: alone, so no two threads compile at once.
+        cold = decode and self.compile and bool(blocks) and inference not in self._warm
+        head: list[ViewBatch] = []
         if self.device.type != "cpu":
-            return [run(b) for b in blocks]
+            if cold:
+                head = [run(blocks[0], True)]
+                self._warm.add(inference)
+            return head + [run(b) for b in blocks[len(head):]]
         pool = self._cpu_pool()  # sized by torch's thread count before it is lowered
-        with one_cpu_thread(self.device):
-            return list(pool.map(run, blocks))
+        with one_cpu_thread(self.device):  # compiled CPU kernels are generated for this one thread too
+            if cold:
+                head = [pool.submit(run, blocks[0], True).result()]
+                self._warm.add(inference)
+            return head + list(pool.map(run, blocks[len(head):]))
 
-    def __getstate__(self):  # picklable for spawned DataLoader workers: the pool is made again there
-        return {**self.__dict__, "_pool": None}
+    def __getstate__(self):  # picklable for spawned DataLoader workers: pool and compiled decode are made again there
+        return {**self.__dict__, "_pool": None, "_compiled": None, "_warm": set()}
 
     def _cpu_pool(self) -> ThreadPoolExecutor:
         threads = self.threads or torch.get_num_threads()
         if self._pool is None or self._pool[0] != (os.getpid(), threads):  # new after a fork or a thread change
             if self._pool is not None and self._pool[0][0] == os.getpid():
                 self._pool[1].shutdown(wait=False)
-            pool = ThreadPoolExecutor(threads, thread_name_prefix="synthviews-decode")
+            # Each worker fixes its own intra-op count at 1 when it starts: torch reads the process-wide
+            # count once per thread, and another thread may change that count while a worker starts.
+            pool = ThreadPoolExecutor(threads, thread_name_prefix="synthviews-decode", initializer=torch.set_num_threads,
+                                      initargs=(1,))
             self._pool = ((os.getpid(), threads), pool)
         return self._pool[1]
 
-    def _block_of(self, idx: np.ndarray, decode: bool) -> ViewBatch:
+    def _block_of(self, idx: np.ndarray, decode: bool, first_compiled: bool = False) -> ViewBatch:
         model = self.model
         anchor = sample_prior(model.prior, self.streams, idx, model.latent_dim)
         codes = [model.compose(anchor.to(self.device), {})]
@@ -146,10 +179,27 @@ class ViewSampler:
         batch = ViewBatch(indices=idx, anchor=anchor, codes=codes, deltas=self._deltas(codes))
         if decode:
             with amp_context(self.device, self.amp):
-                images = model.decode(codes.flatten(0, 1))  # (S*(1+K), C, H, W)
+                flat = codes.flatten(0, 1)  # (S*(1+K), ...)
+                if self.compile and len(idx):
+                    images = self._compiled_decode(flat, first_compiled)
+                else:
+                    images = model.decode(flat)  # (S*(1+K), C, H, W)
             images = images.float().clamp_(0, 1)
             batch.images = images.view(len(idx), self.views + 1, *images.shape[1:])
         return batch
+
+    def _compiled_decode(self, codes: torch.Tensor, first: bool) -> torch.Tensor:
+        if self._compiled is None:
+            self._compiled = compile_decode(self.model)
+        if not first:
+            return self._compiled(codes)
+        try:
+            return self._compiled(codes)
+        except Exception as e:  # noqa: BLE001 - any failure of the compiling call: one line, then the cause
+            cause = (str(e).strip().splitlines() or [""])[0][:300]
+            raise ConfigError(f"compile: torch.compile of the {self.model.family} decode failed on {self.device.type} "
+                              f"({type(e).__name__}: {cause}); run without compile (CLI: drop --compile), or "
+                              f"install what it needs (a C++ compiler on CPU, triton on CUDA)") from e
 
     def _deltas(self, codes: torch.Tensor) -> torch.Tensor:
         out = torch.empty(codes.shape[0], self.views, len(self.model.groups), dtype=torch.float64)
@@ -168,7 +218,26 @@ class ViewSampler:
     def decode_settings(self) -> dict:
         """What the bytes still depend on besides (model, policy, seed, index): a resume must match it."""
         cpu = torch.backends.cpu.get_cpu_capability() if self.device.type == "cpu" else None  # SIMD kernels differ
-        return {"block": self.block, "device": self.device.type, "cpu_kernels": cpu, "amp": self.amp or "none",
-                "dtype": str(next(iter(self.model.parameters()), torch.empty(0)).dtype).replace("torch.", ""),
-                "torch": torch.__version__}
+        settings = {"block": self.block, "device": self.device.type, "cpu_kernels": cpu, "amp": self.amp or "none",
+                    "dtype": str(next(iter(self.model.parameters()), torch.empty(0)).dtype).replace("torch.", ""),
+                    "torch": torch.__version__}
+        if self.compile:  # absent when off: eager settings (and manifests written before the option) are unchanged
+            settings["compile"] = COMPILE_SETTING
+        return settings
+
+
+COMPILE_SETTING = "inductor"  # what decode_settings records: torch.compile, inductor backend, default mode
+
+
+def compile_decode(model: MLVGM):
+    """``torch.compile(model.decode)`` as ViewSampler uses it: whole graph, static shapes, no CUDA
+    graphs, no timing-based kernel choice; recompiles counted per sampler where torch can."""
+    kwargs: dict = {"dynamic": False, "fullgraph": True}  # fullgraph: a graph break or recompile limit raises
+    import torch._inductor.config as inductor_config
+
+    if hasattr(inductor_config, "deterministic"):  # skip on-device benchmarking that changes numerics
+        kwargs["options"] = {"deterministic": True}
+    if "isolate_recompiles" in inspect.signature(torch.compile).parameters:
+        kwargs["isolate_recompiles"] = True  # several samplers of one model class: separate limits
+    return torch.compile(model.decode, **kwargs)
 

@@ -42,7 +42,7 @@ def test_layout_manifest_and_fields(reference):
     assert [(r["first_index"], r["count"]) for r in entry["shards"]] == [(0, 25), (25, 25), (50, 10)]
     config = entry["config"]
     assert config["model"]["weights_sha256"] and config["model"]["model_id"].startswith("toy-")
-    assert config["image"] == {"format": "jpg", "quality": 95, "shape": [3, 16, 16]}
+    assert config["image"] == {"format": "jpg", "quality": 95, "shape": [3, 16, 16]}  # no encoder: the CPU one
     samples = list(iter_tar_samples(reference / "train-000001.tar"))
     key, fields = samples[0]
     assert key == "000000025" and sorted(fields) == ["json", "view0.jpg", "view1.jpg", "view2.jpg"]

@@ -282,7 +282,10 @@ def load_json(text, where: str):
         raise error(f"{where} is nested too deeply") from None
     except (ValueError, TypeError) as e:  # JSONDecodeError is a ValueError
         raise error(f"{where} is not valid JSON: {e}") from None
-    check_depth(data, where)
+    opened = text.count(b"[") + text.count(b"{") if isinstance(text, (bytes, bytearray)) else \
+        text.count("[") + text.count("{")
+    if opened > MAX_DEPTH:  # fewer brackets than that cannot nest deeper: skip the walk (the common case)
+        check_depth(data, where)
     return data
 
 

@@ -19,8 +19,9 @@ from ..errors import ConfigError
 from ._common import SEED_HELP, add_model_args, add_no_progress, build_model
 
 # What synthviews.store.writer.generate does when workers is None (tests/test_cli.py checks the two agree).
-WORKERS_HELP = ("image-encoding threads (default: min(4, CPUs) with CUDA, max(1, min(4, CPUs // 2)) on CPU, "
-                "where the encoders share the cores with the generator)")
+WORKERS_HELP = ("image-encoding threads (default: max(1, CPUs - 1) with CUDA, CPUs on CPU, where the generator "
+                "gets every core while encoding costs little next to decoding, as measured on the first batches, "
+                "and leaves the encoders their share otherwise; given, the generator gets the other cores)")
 POLICY_HELP = "policy file (YAML/JSON); default: the model's default policy"
 
 
@@ -35,6 +36,7 @@ def add_commands(verbs) -> None:
     p.add_argument("--seed", type=int, default=0, help=SEED_HELP + "; same seed, same images (default: 0)")
     p.add_argument("--start", type=int, default=0, help="first sample index, 0-2**62 (default: 0)")
     _add_amp(p)
+    _add_compile(p)
     p.add_argument("--out", default="preview.png", help="output PNG path (default: preview.png)")
     p.set_defaults(run=_cmd_preview)
 
@@ -62,6 +64,7 @@ def add_commands(verbs) -> None:
                    help=f"anchors per generator call, 1-{MAX_DECODE_BLOCK}; part of the configuration: the bytes "
                         f"depend on it (default: {DECODE_BLOCK})")
     _add_amp(p)
+    _add_compile(p)
     p.add_argument("--save-latents", action="store_true", help="also store every view's code as latents.npy")
     p.add_argument("--split", default="train", help="split name; shards are SPLIT-NNNNNN.tar (default: train)")
     p.add_argument("--resume", action="store_true",
@@ -69,6 +72,9 @@ def add_commands(verbs) -> None:
     p.add_argument("--rank", type=int, help="this job's rank among independent jobs (with --world-size)")
     p.add_argument("--world-size", type=int, help="number of independent jobs; then run `synthviews merge OUT`")
     p.add_argument("--workers", type=int, help=WORKERS_HELP + f"; at most {MAX_WORKERS}")
+    p.add_argument("--encoder", choices=["cpu", "nvjpeg"], default="cpu",
+                   help="JPEG encoder: cpu (PIL, byte-reproducible) or nvjpeg (on the CUDA device, needs "
+                        "torchvision; other bytes, recorded in the manifest) (default: cpu)")
     add_no_progress(p)
     p.set_defaults(run=_cmd_generate)
 
@@ -98,12 +104,19 @@ def _add_amp(p: argparse.ArgumentParser) -> None:
                    help="autocast precision for decoding (fp16 needs CUDA; default: none)")
 
 
+def _add_compile(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the generator's decode (compiled at start; a failure stops in one line); "
+                        "images differ from eager in the last bits, so it is part of the configuration")
+
+
 def _cmd_preview(args) -> int:
     from ..analysis.preview import preview
     from ..views import ViewSampler
 
     model = build_model(args)
-    sampler = ViewSampler(model, args.policy, views=args.views, seed=args.seed, device=args.device, amp=args.amp)
+    sampler = ViewSampler(model, args.policy, views=args.views, seed=args.seed, device=args.device, amp=args.amp,
+                          compile=args.compile)
     out = preview(sampler, args.out, samples=args.samples, start=args.start)
     print(f"wrote {out} ({args.samples} samples x {1 + args.views} images: anchor + {args.views} positives)")
     if args.policy is None:
@@ -112,15 +125,18 @@ def _cmd_preview(args) -> int:
 
 
 def _cmd_generate(args) -> int:
+    from .._util.device import keep_freed_host_memory
     from ..store.manifest import read_manifest
     from ..store.writer import generate
 
+    keep_freed_host_memory()  # this process only generates: keep freed batches mapped (no re-faulting them)
     out = args.out or f"shards/{args.model}"
     generate(out, build_model(args), args.policy, samples=args.samples, views=args.views, seed=args.seed,
              shard_size=args.shard_size, format=args.format, quality=args.quality, batch_size=args.batch_size,
              device=args.device, amp=args.amp, save_latents=args.save_latents, split=args.split, resume=args.resume,
              decode_block=args.decode_block,
-             rank=args.rank, world_size=args.world_size, workers=args.workers, progress=not args.no_progress)
+             rank=args.rank, world_size=args.world_size, workers=args.workers, progress=not args.no_progress,
+             encoder=args.encoder, **({"compile": True} if args.compile else {}))
     manifest = read_manifest(out)
     if manifest and manifest["splits"].get(args.split, {}).get("complete"):
         print(f"{out}: split {args.split} complete, {args.samples} samples x {1 + args.views} views; load it with:")

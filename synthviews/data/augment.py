@@ -53,6 +53,8 @@ CPU, one row per sample, and moved to the images' device, so
   operation share its parameters, and the parameters are the same on every device (pixels may differ
   by float rounding between devices). The draw uses a private ``torch.Generator``: the caller's global
   RNG state is not touched.
+- with ``seeds`` (one per sample), row b is the row a batch of one with ``seed=seeds[b]`` draws: a batch
+  of keyed samples (ShardViews' batched path) gets the parameters its samples get one by one.
 - with ``seed=None``, the rows are drawn from torch's global CPU generator, so ``torch.manual_seed``
   (and the per-worker seeds of a DataLoader) make a run reproducible.
 
@@ -149,17 +151,21 @@ class Augment(torch.nn.Module):
     def extra_repr(self) -> str:
         return f"preset={self.preset!r}, size={self.size}, normalize={self.normalize}"
 
-    def forward(self, images: Tensor, seed: int | None = None) -> Tensor:
-        """images (B, C, H, W) float in [0, 1] on any device -> (B, C, size, size); each sample gets its own
-        random parameters. With ``seed`` given, the random parameters are a pure function of the seed (same
-        seed, same output), without disturbing the caller's global RNG state."""
+    def forward(self, images: Tensor, seed: int | None = None, *, seeds: Sequence[int] | None = None) -> Tensor:
+        """images (B, C, H, W) float in [0, 1] (or uint8) on any device -> (B, C, size, size); each sample gets
+        its own random parameters. With ``seed`` given, the random parameters are a pure function of the seed
+        (same seed, same output), without disturbing the caller's global RNG state. With ``seeds`` (one per
+        sample), sample b gets exactly the parameters that ``seed=seeds[b]`` gives a batch of one: a batch
+        of keyed samples is augmented as its samples would be one by one, whatever the batch holds."""
         x, out_dtype = _as_float(images)
         batch, channels = x.shape[:2]
+        if seeds is not None and len(seeds) != batch:
+            raise ConfigError(f"augmentation seeds: {len(seeds)} for a batch of {batch} images; give one per image")
         if batch == 0:
             return x.new_empty((0, channels, self.size, self.size)).to(out_dtype)
         x = self._shrink(x)
         height, width = x.shape[-2:]
-        params = None if self.preset == "none" else self.sample_params(batch, height, width, seed)
+        params = None if self.preset == "none" else self.sample_params(batch, height, width, seed, seeds=seeds)
 
         x = self._crop(x, params)
         if self.preset in _COLOR:
@@ -170,15 +176,22 @@ class Augment(torch.nn.Module):
                           torch.tensor(std, device=x.device, dtype=x.dtype))
         return x.to(out_dtype)
 
-    def sample_params(self, batch: int, height: int, width: int, seed: int | None = None) -> Params:
-        """The random parameters for ``batch`` images of ``height`` x ``width`` (after any pre-shrink)."""
-        generator = None
-        if seed is not None:
-            if isinstance(seed, bool) or not isinstance(seed, Integral):
-                raise ConfigError(f"augmentation seed must be an integer or None, got {seed!r}")
-            generator = torch.Generator(device="cpu")
-            generator.manual_seed(int(seed) % 2**64)
-        u = torch.rand((batch, NUM_UNIFORMS), generator=generator, dtype=torch.float64)
+    def sample_params(self, batch: int, height: int, width: int, seed: int | None = None, *,
+                      seeds: Sequence[int] | None = None) -> Params:
+        """The random parameters for ``batch`` images of ``height`` x ``width`` (after any pre-shrink);
+        ``seeds``: one seed per row, row b as ``seed=seeds[b]`` gives a batch of one."""
+        if seeds is not None:
+            if seed is not None:
+                raise ConfigError("give an augmentation seed or per-sample seeds, not both")
+            if len(seeds) != batch:
+                raise ConfigError(f"augmentation seeds: {len(seeds)} for a batch of {batch}; give one per image")
+            u = _keyed_uniforms(seeds)
+        else:
+            generator = None
+            if seed is not None:
+                generator = torch.Generator(device="cpu")
+                generator.manual_seed(_check_seed(seed))
+            u = torch.rand((batch, NUM_UNIFORMS), generator=generator, dtype=torch.float64)
 
         if self.preset in _RANDOM_CROP:
             boxes = _random_resized_crop(u, height, width)
@@ -265,6 +278,23 @@ def identity(images: Tensor, seed: int | None = None) -> Tensor:
 
 
 # -- helpers -------------------------------------------------------------------------------------------------
+
+def _check_seed(seed) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, Integral):
+        raise ConfigError(f"augmentation seed must be an integer or None, got {seed!r}")
+    return int(seed) % 2**64
+
+
+def _keyed_uniforms(seeds: Sequence[int]) -> Tensor:
+    """(B, NUM_UNIFORMS) float64: row b is the first row ``torch.rand`` draws from a generator seeded
+    with ``seeds[b]``, i.e. what a batch of one with ``seed=seeds[b]`` draws."""
+    generator = torch.Generator(device="cpu")
+    u = torch.empty((len(seeds), NUM_UNIFORMS), dtype=torch.float64)
+    for row, seed in enumerate(seeds):
+        generator.manual_seed(_check_seed(seed))
+        torch.rand((1, NUM_UNIFORMS), generator=generator, dtype=torch.float64, out=u[row:row + 1])
+    return u
+
 
 def _stats(values, what: str) -> tuple[float, ...]:
     try:

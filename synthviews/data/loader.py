@@ -1,4 +1,12 @@
-"""``loader(...)``: a ready DataLoader for ShardViews or ContinuousViews, with a resumable position."""
+"""``loader(...)``: a ready DataLoader for ShardViews or ContinuousViews, with a resumable position.
+
+ShardViews are read in whole batches: the workers decode JPEG to uint8 and collate uint8;
+converting to float, normalising and T_x (a preset or ``Augment``) run once per batch, in the
+workers, or on ``device`` (the training device) when it is given, where the uint8 batch is
+copied (pinned, ``non_blocking``) and finished. Every sample keeps the T_x parameters it gets
+when read one by one (its keyed seed), so the batch a sample lands in changes nothing. A custom
+T_x callable still runs per sample in the workers.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from ..errors import ConfigError
 from .continuous import ContinuousViews
-from .shards import ShardViews
+from .shards import BatchedViews, RawBatch, ShardViews
 
 
 class ViewsLoader(DataLoader):
@@ -15,14 +23,23 @@ class ViewsLoader(DataLoader):
 
     ``state_dict()`` -> ``{"epoch", "batch", "seed"}``; ``load_state_dict`` makes the
     next iteration start at that batch (ContinuousViews; ShardViews restarts its epoch).
+    ``views``: the ShardViews or ContinuousViews it reads (``dataset`` is the batched reader
+    of a ShardViews).
     """
 
     def __iter__(self):
         start = getattr(self.dataset, "_start", 0)
         self._handed_out = start
+        batched = self.dataset if isinstance(self.dataset, BatchedViews) else None
         for batch in super().__iter__():
+            if batched is not None and isinstance(batch, RawBatch):
+                batch = batched.views.finish(batch, batched.device)
             self._handed_out += 1
             yield batch
+
+    @property
+    def views(self):
+        return self.dataset.views if isinstance(self.dataset, BatchedViews) else self.dataset
 
     def set_epoch(self, epoch: int) -> None:
         self.dataset.set_epoch(epoch)
@@ -38,19 +55,22 @@ class ViewsLoader(DataLoader):
 
 
 def loader(source, batch_size: int = 256, num_workers: int = 0, pin_memory: bool | None = None,
-           **dataset_kwargs) -> ViewsLoader:
+           device=None, **dataset_kwargs) -> ViewsLoader:
     """A DataLoader over ``source``: a dataset folder / shard URLs / ``hf://`` repo (built into a
     ShardViews with ``dataset_kwargs``), or a ShardViews / ContinuousViews instance.
 
     ShardViews batches are collated here (every worker yields whole batches, so
-    ``len(loader)`` is exact and equal on every rank); ContinuousViews already
-    yields batches of its own ``batch_size``.
+    ``len(loader)`` is exact and equal on every rank) from uint8 pixels; ``device``
+    (e.g. ``"cuda"``): convert, normalise and augment each batch there instead of in the
+    workers. ContinuousViews already yields batches of its own ``batch_size`` on its own
+    device (pass ``device=`` to it, not here).
     """
-    if pin_memory is None:
-        pin_memory = torch.cuda.is_available()
     if isinstance(source, ContinuousViews):
         if dataset_kwargs:
             raise ConfigError("dataset options go to ContinuousViews itself, not to loader()")
+        if device is not None:
+            raise ConfigError("ContinuousViews generates on its own device: pass device= to ContinuousViews, "
+                              "not to loader()")
         if source.num_workers != num_workers:
             raise ConfigError(f"ContinuousViews was built with num_workers={source.num_workers}, loader got {num_workers}")
         return ViewsLoader(source, batch_size=None, num_workers=num_workers, pin_memory=False)
@@ -63,5 +83,12 @@ def loader(source, batch_size: int = 256, num_workers: int = 0, pin_memory: bool
         dataset = source
     else:
         dataset = ShardViews(source, num_workers=num_workers, batch_size=batch_size, **dataset_kwargs)
-    return ViewsLoader(dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory,
-                       drop_last=True, persistent_workers=False)
+    if device is not None:
+        device = torch.device(device)
+        if device.type == "cpu":
+            device = None  # the workers finish the batches: on the CPU that is where the cores are
+    if pin_memory is None:
+        pin_memory = torch.cuda.is_available() and (device is None or device.type == "cuda")
+    batched = dataset.batched(device)
+    return ViewsLoader(batched, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory,
+                       drop_last=True, persistent_workers=False, collate_fn=batched.collate)

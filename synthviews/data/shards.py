@@ -9,6 +9,11 @@ checks each against its manifest record while streaming (count, keys,
 fields; see :func:`synthviews.store.tarshards.checked_samples`), shuffles in a
 seeded buffer and decodes its samples. Without a manifest (plain shard URLs)
 slots read whole shards through webdataset's stages, unchecked.
+
+Iterating a ShardViews yields finished items one by one. :func:`synthviews.data.loader`
+reads :meth:`ShardViews.batched` instead: uint8 records that :meth:`ShardViews.collate`
+stacks into a :class:`RawBatch` and :meth:`ShardViews.finish` converts, normalises and
+augments per batch, giving exactly what default collate of the items gives.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 import webdataset as wds
+from PIL import Image
+from torch.utils.data import default_collate
 
 from .._util.checks import MAX_JSON_BYTES
 from .._util.distributed import training_ranks, worker_slot
@@ -107,7 +114,11 @@ class ShardViews(torch.utils.data.IterableDataset):
     - ``output``: ``tuple``/``lightly``/``solo``/``dict``/``stablerep`` (see ``formats``).
     - ``t_x``: an augmentation preset name (``simclr``, ``no_color``, ``no_crop``, ``none``),
       an ``Augment`` (both seeded per sample and epoch) or any callable on a (C, H, W)
-      float tensor; views are float in [0, 1] before it.
+      float tensor; views are float in [0, 1] before it. Read through :func:`synthviews.data.loader`,
+      the workers decode to uint8 and collate uint8, and presets run on whole batches (in the
+      workers, or on the loader's ``device``) with each sample's own keyed parameters: the same
+      parameters it gets when read one by one, whatever batch it is in. A custom callable runs
+      per sample, in the workers.
     - ``shuffle``: shuffle-buffer size (0: read in order); the sample order is also shuffled
       (shards) and rotated per epoch. ``seed`` fixes both. Call :meth:`set_epoch` before each epoch.
     - ``resampled``: sample shards with replacement forever; each slot yields
@@ -206,6 +217,13 @@ class ShardViews(torch.utils.data.IterableDataset):
         return self._quota(world * workers) * workers
 
     def __iter__(self):
+        """Items one by one, each finished (float, T_x, output layout) on its own: what a plain
+        ``DataLoader(ShardViews(...), batch_size=...)`` collates. :func:`synthviews.data.loader` reads
+        :meth:`batched` instead: uint8 from the workers, converted and augmented per batch."""
+        return map(self._finish, self._records())
+
+    def _records(self) -> Iterator["_Record"]:
+        """This (rank, worker) slot's samples of the epoch, checked and decoded to uint8."""
         rank, world = training_ranks(*self._ranks)
         worker, workers = worker_slot()  # the DataLoader's real worker count, whatever num_workers said
         slots = world * workers
@@ -353,7 +371,8 @@ class ShardViews(torch.utils.data.IterableDataset):
             raise ShardError(f"{where}: stored views {sorted(found)} are not view0..viewN (a view is missing)")
         return [found[v] for v in range(len(found))]
 
-    def _item(self, sample: dict):
+    def _item(self, sample: dict) -> "_Record":
+        """A raw sample -> its checked, decoded record: uint8 (H, W, C) views, not yet converted or augmented."""
         key = sample["__key__"]
         shard = sample.get("__shard__") or str(sample.get("__url__", "?")).rsplit("/", 1)[-1]
         where = f"shard {shard}: sample {key}"
@@ -361,7 +380,7 @@ class ShardViews(torch.utils.data.IterableDataset):
             index = int(key)
             stored = self._stored(sample, where)
             chosen = self.choice(index, self.epoch, len(stored))
-            images = [decode_view(sample[stored[v]], stored[v], self.stored_hwc, self.channels) for v in chosen]
+            images = [_decode(sample[stored[v]], stored[v], self.stored_hwc, self.channels) for v in chosen]
             extra = {}
             if self.config is not None or self.return_meta:
                 meta = check_meta(sample[JSON_FIELD], index if self.config is not None else None)
@@ -374,17 +393,176 @@ class ShardViews(torch.utils.data.IterableDataset):
         except Exception as e:  # noqa: BLE001 (PIL, json and numpy raise many types for corrupt bytes)
             reason = str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
             raise ShardError(f"{where} is unusable ({reason})") from None
-        views = [self._view(x, index, v, slot) for slot, (v, x) in enumerate(zip(chosen, images))]
-        return format_item(self.output, views, index, key, extra)
+        return _Record(images, index, key, chosen, extra)
 
-    def _view(self, array: np.ndarray, index: int, view: int, slot: int) -> torch.Tensor:
-        """A decoded stored view ``view``, then T_x seeded by (index, epoch, view, slot): ``pairs=[0, 0]``
-        gives two different T_x views of the anchor (the baseline with synthetic anchors only)."""
-        x = torch.from_numpy(array.copy()).float().div_(255).permute(2, 0, 1)  # (C, H, W)
-        if self.t_x is None:
-            return x
-        seed = int(Streams(self.seed).keys([index], self.epoch, f"view{view}/{slot}", "t_x")[0] >> np.uint64(1))
-        return self.t_x(x, seed)
+    def _seed(self, index: int, view: int, slot: int) -> int:
+        """The T_x seed of stored view ``view`` in crop ``slot`` of sample ``index`` this epoch."""
+        return int(Streams(self.seed).keys([index], self.epoch, f"view{view}/{slot}", "t_x")[0] >> np.uint64(1))
+
+    def _finish(self, record: "_Record"):
+        """A record -> the item: each view float (C, H, W) in [0, 1], then T_x seeded by (index, epoch, view,
+        slot) (``pairs=[0, 0]`` gives two different T_x views of the anchor: the baseline with synthetic
+        anchors only), in the output layout."""
+        views = []
+        for slot, (v, array) in enumerate(zip(record.chosen, record.images)):
+            x = torch.from_numpy(array.copy()).float().div_(255).permute(2, 0, 1)  # (C, H, W)
+            if self.t_x is not None:
+                x = self.t_x(x, self._seed(record.index, v, slot))
+            views.append(x)
+        return format_item(self.output, views, record.index, record.key, record.extra)
+
+    # --- whole batches: uint8 from the workers, converted and augmented per batch ----------------------------
+
+    @property
+    def batchable(self) -> bool:
+        """Whether T_x runs on whole batches (a preset, an ``Augment`` or no T_x); a custom callable runs
+        per sample, in the workers."""
+        return self.t_x is None or isinstance(self.t_x, _Preset)
+
+    def batched(self, device=None) -> "BatchedViews":
+        """This dataset yielding uint8 records for :meth:`collate` (what :func:`synthviews.data.loader` reads)."""
+        return BatchedViews(self, device)
+
+    def collate(self, records: list, device=None):
+        """Records of one batch (in a DataLoader worker) -> a :class:`RawBatch` of uint8 pixels, finished here
+        into the output layout unless ``device`` is given (then :meth:`finish` runs there, on the training
+        device). Custom T_x callables: the records are finished items already, default-collated."""
+        if not self.batchable:
+            return default_collate(records)
+        first = records[0].images
+        crops = len(first)
+        shapes = {a.shape for r in records for a in r.images}
+        if len(shapes) != 1:
+            raise ShardError(f"samples {records[0].key}..{records[-1].key} hold views of different sizes or "
+                             f"channels {sorted(shapes)}: they cannot be batched")
+        h, w, c = first[0].shape
+        in_worker = torch.utils.data.get_worker_info() is not None
+        # in a worker, what goes to the main process is made in shared memory: no copy when it is sent
+        pixels = _empty((len(records), crops, c, h, w), torch.uint8, in_worker and device is not None)
+        target = pixels.numpy()
+        for b, record in enumerate(records):
+            for slot, array in enumerate(record.images):
+                np.copyto(target[b, slot], array.transpose(2, 0, 1))
+        chosen = np.array([r.chosen for r in records], dtype=np.int64).reshape(len(records), crops)
+        index = np.array([r.index for r in records], dtype=np.int64)
+        seeds = None
+        if self.t_x is not None:
+            seeds = np.empty((len(records), crops), dtype=np.int64)
+            streams = Streams(self.seed)
+            for slot in range(crops):
+                for v in np.unique(chosen[:, slot]):
+                    rows = np.flatnonzero(chosen[:, slot] == v)
+                    keys = streams.keys(index[rows], self.epoch, f"view{int(v)}/{slot}", "t_x") >> np.uint64(1)
+                    seeds[rows, slot] = keys.astype(np.int64)
+        extra = default_collate([r.extra for r in records]) if records[0].extra else {}
+        batch = RawBatch(pixels, torch.from_numpy(index), [r.key for r in records], seeds, extra)
+        return batch if device is not None else self.finish(batch, shared=in_worker)
+
+    def finish(self, batch: "RawBatch", device=None, shared: bool = False):
+        """A uint8 batch -> the item layout: float in [0, 1] (on ``device`` if given), T_x per batch with each
+        sample's own keyed parameters (the same as the per-sample path draws), one tensor (B, C, h, w) per crop.
+        ``shared``: make untransformed views in shared memory (a worker sends them without a copy)."""
+        pixels = batch.pixels
+        if device is not None:
+            pixels = pixels.to(device, non_blocking=True)
+        views = []
+        for slot in range(pixels.shape[1]):
+            if self.t_x is None and shared:
+                x = _empty(pixels[:, slot].shape, torch.float32, True).copy_(pixels[:, slot]).div_(255)
+            else:
+                x = pixels[:, slot].float().div_(255)  # exactly the per-sample conversion
+            if self.t_x is not None:
+                x = self.t_x.augment(x, seeds=batch.seeds[:, slot].tolist())
+            views.append(x)
+        # the containers default_collate gives: a batch of tuples is a list, their strings a tuple
+        keys = tuple(batch.keys) if self.output != "dict" else list(batch.keys)
+        item = format_item(self.output, views, batch.index, keys, batch.extra)
+        return list(item) if isinstance(item, tuple) else item
+
+
+def _empty(shape, dtype: torch.dtype, shared: bool) -> torch.Tensor:
+    """An uninitialised CPU tensor, in shared memory if ``shared`` (as default_collate makes batches in
+    workers: the DataLoader then sends it without copying)."""
+    if not shared:
+        return torch.empty(shape, dtype=dtype)
+    numel = int(np.prod(shape))
+    storage = torch.empty((), dtype=dtype)._typed_storage()._new_shared(numel, device="cpu")
+    return torch.empty((), dtype=dtype).new(storage).view(*shape) if numel else torch.empty(shape, dtype=dtype)
+
+
+class _Record:
+    """One sample, decoded: the chosen views as uint8 (H, W, C) arrays, its index, key, view numbers, extras."""
+
+    __slots__ = ("images", "index", "key", "chosen", "extra")
+
+    def __init__(self, images: list, index: int, key: str, chosen: list[int], extra: dict):
+        self.images, self.index, self.key, self.chosen, self.extra = images, index, key, chosen, extra
+
+
+class RawBatch:
+    """A collated batch before conversion: ``pixels`` uint8 (B, crops, C, H, W), ``index`` (B,) int64,
+    ``keys``, ``seeds`` (B, crops) T_x seeds (None without T_x) and the collated extras. ``pin_memory()``
+    pins the pixels (the DataLoader calls it with ``pin_memory=True``)."""
+
+    __slots__ = ("pixels", "index", "keys", "seeds", "extra")
+
+    def __init__(self, pixels, index, keys, seeds, extra):
+        self.pixels, self.index, self.keys, self.seeds, self.extra = pixels, index, keys, seeds, extra
+
+    def pin_memory(self) -> "RawBatch":
+        return RawBatch(self.pixels.pin_memory(), self.index, self.keys, self.seeds, self.extra)
+
+
+class BatchedViews(torch.utils.data.IterableDataset):
+    """A ShardViews read for batches: the same samples in the same order, as uint8 records (finished items
+    for a custom T_x callable) that ``collate`` batches. Everything else (epoch, seed, len) is the
+    dataset's; it is read when iteration starts, so ``set_epoch`` on the ShardViews applies."""
+
+    def __init__(self, views: ShardViews, device=None):
+        super().__init__()
+        self.views, self.device = views, device
+
+    def __iter__(self):
+        records = iter(self.views._records())
+        return records if self.views.batchable else map(self.views._finish, records)
+
+    def __len__(self) -> int:
+        return len(self.views)
+
+    def collate(self, records: list):
+        return self.views.collate(records, self.device)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.views.set_epoch(epoch)
+
+    @property
+    def epoch(self) -> int:
+        return self.views.epoch
+
+    @property
+    def seed(self) -> int:
+        return self.views.seed
+
+
+class _Preset:
+    """A seeded T_x (a preset name or an ``Augment``): per sample ``f(x (C, H, W), seed)``, per batch
+    ``augment(x (B, C, H, W), seeds=...)``."""
+
+    def __init__(self, augment: Augment):
+        self.augment = augment
+
+    def __call__(self, x: torch.Tensor, seed: int) -> torch.Tensor:
+        return self.augment(x[None], seed=seed)[0]
+
+
+class _Callable:
+    """A custom T_x: ``f(x (C, H, W))``, per sample (the seed is not passed)."""
+
+    def __init__(self, fn: Callable):
+        self.fn = fn
+
+    def __call__(self, x: torch.Tensor, seed: int) -> torch.Tensor:
+        return self.fn(x)
 
 
 def _make_t_x(t_x, size: int):
@@ -392,11 +570,85 @@ def _make_t_x(t_x, size: int):
     if t_x is None:
         return None
     if isinstance(t_x, (str, Augment)):
-        augment = make_augment(t_x, size=size) if isinstance(t_x, str) else t_x
-        return lambda x, seed: augment(x[None], seed=seed)[0]
+        return _Preset(make_augment(t_x, size=size) if isinstance(t_x, str) else t_x)
     if callable(t_x):
-        return lambda x, seed: t_x(x)
+        return _Callable(t_x)
     raise ConfigError(f"t_x must be a preset name or a callable, got {type(t_x).__name__}")
 
 
-__all__ = ["ShardViews", "ShardError", "resolve_source"]
+# --- JPEG decoding straight through Pillow's decoder -----------------------------------------------------------
+
+_SOF = (0xC0, 0xC1, 0xC2)   # baseline, extended, progressive Huffman JPEG
+_FAST_JPEG = [hasattr(Image, "_getdecoder") and hasattr(Image, "_getencoder") and hasattr(Image.core, "new")]
+_CHECKED_FAST = [False]     # the first fast decode of each process is compared with decode_view
+
+
+def _jpeg_shape(data: bytes) -> tuple[int, int, int] | None:
+    """(height, width, components) from the frame header of a plain JPEG (SOF0/1/2, no Adobe segment,
+    before the first scan); None for anything else, which then goes through :func:`decode_view`."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    i, end = 2, len(data) - 4
+    while i < end:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0xEE or marker == 0xDA or 0xD0 <= marker <= 0xD9:  # Adobe, start of scan, RST/SOI/EOI
+            return None
+        if marker in _SOF:
+            if i + 10 > len(data):
+                return None
+            return (data[i + 5] << 8 | data[i + 6]), (data[i + 7] << 8 | data[i + 8]), data[i + 9]
+        i += 2 + (data[i + 2] << 8 | data[i + 3])
+    return None
+
+
+def _decode(data: bytes, name: str, hwc: tuple[int, int, int] | None, channels: int | None) -> np.ndarray:
+    """:func:`decode_view` (same pixels, same checks, same errors), with plain JPEGs of the manifest's size
+    decoded by Pillow's JPEG decoder directly: Image.open's marker parsing and tile machinery in Python cost
+    as much as the decode itself at 128 px. Anything unusual (another format, size or layout, a decoder
+    error, a truncated file) goes through decode_view, which raises its error."""
+    if hwc is None or not _FAST_JPEG[0] or not name.endswith(".jpg") or channels != hwc[2] \
+            or channels not in (1, 3):
+        return decode_view(data, name, hwc, channels)
+    shape = _jpeg_shape(data)
+    if shape != tuple(hwc):
+        return decode_view(data, name, hwc, channels)
+    h, w, c = shape
+    mode = "L" if c == 1 else "RGB"
+    try:
+        im = Image.core.new(mode, (w, h))
+        decoder = Image._getdecoder(mode, "jpeg", (mode, ""))
+        try:
+            decoder.setimage(im, (0, 0, w, h))
+            consumed, err = decoder.decode(data)
+        finally:
+            decoder.cleanup()
+        if consumed >= 0 or err < 0:  # needs more data (truncated) or failed: decode_view says why
+            return decode_view(data, name, hwc, channels)
+        encoder = Image._getencoder(mode, "raw", mode)
+        try:
+            encoder.setimage(im, (0, 0, w, h))
+            _, err, raw = encoder.encode(h * w * c + 1)
+        finally:
+            encoder.cleanup()
+    except Exception:  # noqa: BLE001 (an internal Pillow API that changed: fall back for good)
+        _FAST_JPEG[0] = False
+        return decode_view(data, name, hwc, channels)
+    array = np.frombuffer(raw, dtype=np.uint8)
+    if err <= 0 or array.size != h * w * c:
+        _FAST_JPEG[0] = False
+        return decode_view(data, name, hwc, channels)
+    array = array.reshape(h, w, c)
+    if not _CHECKED_FAST[0]:
+        _CHECKED_FAST[0] = True
+        if not np.array_equal(array, decode_view(data, name, hwc, channels)):  # never seen; be safe
+            _FAST_JPEG[0] = False
+            return decode_view(data, name, hwc, channels)
+    return array
+
+
+__all__ = ["ShardViews", "ShardError", "RawBatch", "BatchedViews", "resolve_source"]

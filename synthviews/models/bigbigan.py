@@ -75,7 +75,11 @@ class SpectralNormLayer(nn.Module):
         Computed with one CPU thread: a multi-threaded GEMV splits its reduction by
         thread count, which would make the images depend on the machine's cores.
         """
-        with torch.autocast(self.weight.device.type, enabled=False), one_cpu_thread(self.weight.device):
+        with one_cpu_thread(self.weight.device):
+            return self._power_step()
+
+    def _power_step(self) -> torch.Tensor:
+        with torch.autocast(self.weight.device.type, enabled=False):
             m = self.weight.float().reshape(self.weight.shape[0], -1)  # (out, in*kh*kw)
             v = F.normalize(self.u0.float() @ m, dim=1, eps=SN_EPS)  # (1, rest)
             vm = v @ m.t()  # (1, out)
@@ -83,7 +87,14 @@ class SpectralNormLayer(nn.Module):
             return (vm @ u.t()).reshape(())
 
     def normalized_weight(self) -> torch.Tensor:
-        """The weight over sigma, cached while weight and ``u0`` are unchanged (it is a constant at inference)."""
+        """The weight over sigma, cached while weight and ``u0`` are unchanged (it is a constant at inference).
+
+        Under ``torch.compile`` it is traced into the graph instead (a Python-side cache keyed by
+        tensor versions and a thread-count switch would break the graph); the compiled CPU kernels'
+        thread count is fixed when they are generated, and ViewSampler generates them on one thread.
+        """
+        if torch.compiler.is_compiling():
+            return self.weight / self._power_step()
         key = (self.weight._version, self.u0._version, self.weight.device, self.weight.dtype, torch.is_grad_enabled())
         if self._cache is None or self._cache[0] != key:
             self._cache = (key, self.weight / self.sigma())

@@ -60,6 +60,7 @@ from .format import (
 from .lock import DatasetLock
 
 FORMAT_VERSION = 1
+ENCODERS = ("cpu", "nvjpeg")  # config.image.encoder: who encoded the views; absent means "cpu" (the default)
 
 
 def shard_ranges(samples: int, shard_size: int) -> list[tuple[int, int]]:
@@ -84,7 +85,7 @@ _CONFIG = Obj({
     "samples": Int(1, MAX_SAMPLES), "shard_size": Int(1, MAX_SHARD_SIZE), "views": Int(1, MAX_VIEWS),
     "seed": Int(0, MAX_SEED), "save_latents": Bool,
     "image": Obj({"format": Choice("jpg", "png", "webp"), "quality": Opt(Int(1, 100)),
-                  "shape": List(Int(1, MAX_IMAGE_SIDE), 3, length=3)}),
+                  "shape": List(Int(1, MAX_IMAGE_SIDE), 3, length=3)}, {"encoder": Choice(*ENCODERS)}),
     "model": Obj({"model_id": Str(200), "family": Str(100), "weights_sha256": Opt(Str(200))},
                  {"license": Opt(Str(200)), "license_link": Opt(Str(2000))}),
     "policy": Map(Any, 10_000), "policy_id": Str(200), "amp": Opt(Str(20)),
@@ -182,6 +183,15 @@ def config_difference(old: dict, new: dict, prefix: str = "") -> str | None:
     return None
 
 
+def with_encoder(config: dict) -> dict:
+    """``config`` with ``image.encoder`` filled in ("cpu" where absent: the default is not written,
+    so manifests of CPU-encoded datasets, old or new, are unchanged), for comparing configs."""
+    image = config.get("image")
+    if not isinstance(image, dict) or "encoder" in image:
+        return config
+    return {**config, "image": {**image, "encoder": "cpu"}}
+
+
 def done_shards(out: Path, split: str, config: dict) -> dict[int, dict]:
     """Shard records already written for ``split`` (from the manifest and every progress file),
     after checking they were made with ``config``; records whose file is gone or has another
@@ -193,7 +203,7 @@ def done_shards(out: Path, split: str, config: dict) -> dict[int, dict]:
         entries.append(manifest["splits"][split])
     done = {}
     for entry in entries:
-        diff = config_difference(entry.get("config", {}), config)
+        diff = config_difference(with_encoder(entry.get("config", {})), with_encoder(config))
         if diff:
             raise ConfigError(f"{out} already holds split {split!r} made with a different configuration ({diff}); "
                               f"rerun with the same options to resume it, or choose a new --out")
