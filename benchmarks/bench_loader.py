@@ -192,7 +192,8 @@ def main() -> None:
     print(f"| {'loader':<44} | {'views/s':>8} | {'vs bare':>8} | {'vs PNG':>7} |")
     print(f"|{'-' * 46}|{'-' * 10}|{'-' * 10}|{'-' * 9}|")
     for name, r, vs_bare, vs_png in rows:
-        print(f"| {name:<44} | {r:>8.0f} | {vs_bare:>7.2f}x | {vs_png:>6.2f}x |")
+        times = lambda v, width: f"{v:>{width}.2f}x" if v == v else f"{'-':>{width + 1}}"  # noqa: E731 (nan: no reference)
+        print(f"| {name:<44} | {r:>8.0f} | {times(vs_bare, 7)} | {times(vs_png, 6)} |")
     print("(ContinuousViews rows compare with the bare generation loop, not with the shard readers.)")
     (one, bare_one), (two, bare_two) = measured[1], measured[2]
     print()
