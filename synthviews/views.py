@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -33,6 +34,9 @@ class ViewBatch:
     codes: torch.Tensor
     deltas: torch.Tensor
     images: torch.Tensor | None = None
+
+
+_WORKER = threading.local()  # per decode-pool thread: its torch thread count is fixed at 1
 
 
 class ViewSampler:
@@ -146,12 +150,20 @@ class ViewSampler:
                 head = [run(blocks[0], True)]
                 self._warm.add(inference)
             return head + [run(b) for b in blocks[len(head):]]
+        def run_single(block: int, first_compiled: bool = False) -> ViewBatch:
+            # torch reads the intra-op count once per thread: each worker fixes its own at 1 on its first
+            # block (inside one_cpu_thread, so it never resets the count other threads start with).
+            if not getattr(_WORKER, "single", False):
+                torch.set_num_threads(1)
+                _WORKER.single = True
+            return run(block, first_compiled)
+
         pool = self._cpu_pool()  # sized by torch's thread count before it is lowered
         with one_cpu_thread(self.device):  # compiled CPU kernels are generated for this one thread too
             if cold:
-                head = [pool.submit(run, blocks[0], True).result()]
+                head = [pool.submit(run_single, blocks[0], True).result()]
                 self._warm.add(inference)
-            return head + list(pool.map(run, blocks[len(head):]))
+            return head + list(pool.map(run_single, blocks[len(head):]))
 
     def __getstate__(self):  # picklable for spawned DataLoader workers: pool and compiled decode are made again there
         return {**self.__dict__, "_pool": None, "_compiled": None, "_warm": set()}
@@ -161,10 +173,7 @@ class ViewSampler:
         if self._pool is None or self._pool[0] != (os.getpid(), threads):  # new after a fork or a thread change
             if self._pool is not None and self._pool[0][0] == os.getpid():
                 self._pool[1].shutdown(wait=False)
-            # Each worker fixes its own intra-op count at 1 when it starts: torch reads the process-wide
-            # count once per thread, and another thread may change that count while a worker starts.
-            pool = ThreadPoolExecutor(threads, thread_name_prefix="synthviews-decode", initializer=torch.set_num_threads,
-                                      initargs=(1,))
+            pool = ThreadPoolExecutor(threads, thread_name_prefix="synthviews-decode")
             self._pool = ((os.getpid(), threads), pool)
         return self._pool[1]
 

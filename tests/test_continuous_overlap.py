@@ -312,3 +312,12 @@ def test_no_hung_threads_at_interpreter_exit(case):
     assert done.returncode == 0 and "exiting" in done.stdout, done.stderr
     assert "Traceback" not in done.stderr and "Exception" not in done.stderr, done.stderr
     assert time.monotonic() - t < 60
+
+
+def test_a_custom_t_x_or_real_data_keeps_the_producer_off_by_default():
+    """They may draw from torch's global RNG, like the training step: a producer thread would reorder the draws."""
+    model = sv.load_model("toy", resolution=16)
+    assert ContinuousViews(model, views=1, epoch_samples=8, batch_size=4, t_x=lambda x: x)._prefetch_depth() == 0
+    assert ContinuousViews(model, views=1, epoch_samples=8, batch_size=4, t_x_size=16)._prefetch_depth() == 2
+    assert ContinuousViews(model, views=1, epoch_samples=8, batch_size=4, t_x=lambda x: x,
+                           prefetch=1)._prefetch_depth() == 1  # asked for: the caller vouches for its T_x

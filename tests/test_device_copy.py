@@ -236,3 +236,17 @@ def test_both_roundings_match_to_uint8_exactly():
         writer._round_into(x[b].numpy().copy(), out[b])
     assert np.array_equal(out, expected)
     assert np.array_equal(writer._rounded_uint8_hwc(x.clone()).numpy(), expected)
+
+
+def test_a_torchvision_that_cannot_encode_on_the_device_is_refused_up_front(monkeypatch):
+    """E.g. a CPU-only torchvision build: refused by a probe before the folder records the encoder."""
+    def cannot(images, quality):
+        raise RuntimeError("encode_jpeg: torchvision not compiled with nvJPEG support\nmore text")
+
+    io_module = types.SimpleNamespace(encode_jpeg=cannot)
+    monkeypatch.setitem(sys.modules, "torchvision", types.SimpleNamespace(io=io_module))
+    monkeypatch.setitem(sys.modules, "torchvision.io", io_module)
+    monkeypatch.setattr(torch, "zeros", lambda *a, **k: torch.empty(0))  # no CUDA here: the probe's input only
+    with pytest.raises(ConfigError, match=r"cannot encode JPEGs on cuda \(RuntimeError: encode_jpeg: .*nvJPEG "
+                                          r"support\); use --encoder cpu$"):
+        writer._check_nvjpeg(torch.device("cuda"), "jpg", (3, 8, 8))

@@ -154,7 +154,7 @@ class _CudaCalls:
         return torch.cuda.stream(stream)
 
     def new_event(self):
-        return torch.cuda.Event()
+        return torch.cuda.Event(blocking=True)  # waiters sleep instead of spinning on the encoders' cores
 
     def record_stream(self, tensor: torch.Tensor, stream) -> None:
         tensor.record_stream(stream)

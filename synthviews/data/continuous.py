@@ -65,8 +65,10 @@ class ContinuousViews(torch.utils.data.IterableDataset):
       taken from it instead of the generator (chosen per sample index, reproducibly).
     - ``num_workers``: DataLoader workers reading this dataset (0 for a GPU generator).
     - ``prefetch``: batches a producer thread keeps ready while training runs (default: 2 when
-      iterated in the training process, 0 in DataLoader workers, which already run ahead);
-      0 generates each batch when it is asked for, in the consumer's thread.
+      iterated in the training process, 0 in DataLoader workers, which already run ahead, and 0
+      with a custom T_x callable or ``real=``: those may draw from torch's global RNG, whose
+      order a second thread would make depend on timing); 0 generates each batch when it is
+      asked for, in the consumer's thread.
     - ``decode_threads``: torch threads of the producer on CPU: decode blocks at once (each on one
       thread) and T_x. Default: half the cores; every core where that leaves the training thread a
       single one (2 cores): a one-thread training step has no OpenMP team to stall when the OS
@@ -195,6 +197,10 @@ class ContinuousViews(torch.utils.data.IterableDataset):
     def _prefetch_depth(self) -> int:
         if self.prefetch is not None:
             return self.prefetch
+        if not self.t_x_seeded or self.real_ratio > 0:
+            # A custom T_x or the real dataset's transforms draw from torch's global RNG, as the training step
+            # does: in a producer thread the order of those draws would follow thread timing.
+            return 0
         return 0 if torch.utils.data.get_worker_info() is not None else 2
 
     def _cpu_split(self) -> tuple[int | None, int | None]:

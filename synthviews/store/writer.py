@@ -345,10 +345,15 @@ def _check_nvjpeg(dev: torch.device, fmt: str, shape) -> None:
         raise ConfigError(f"--encoder nvjpeg encodes 3-channel images; this model's have {shape[0]}: "
                           "use --encoder cpu")
     try:
-        from torchvision.io import encode_jpeg  # noqa: F401  (optional: only this encoder needs it)
+        from torchvision.io import encode_jpeg  # optional: only this encoder needs it
     except ImportError:
         raise ConfigError("--encoder nvjpeg needs torchvision (pip install torchvision, the build matching "
                           "your torch); or use --encoder cpu") from None
+    try:  # a CPU-only or too old torchvision fails here, before the folder records this encoder
+        encode_jpeg([torch.zeros(3, 8, 8, dtype=torch.uint8, device=dev)], quality=90)
+    except Exception as e:  # noqa: BLE001 - its type and text vary between torchvision builds
+        raise ConfigError(f"--encoder nvjpeg: this torchvision cannot encode JPEGs on {dev} "
+                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); use --encoder cpu") from None
 
 
 class _HostRing:
@@ -461,6 +466,9 @@ class _BatchEncoder:
 
         with torch.inference_mode():
             u8 = batch.images.float().clamp_(0, 1).mul_(255).round_().to(torch.uint8)  # (B, 1+K, C, H, W), device
+            # Older torchvision encodes on its own stream without waiting for ours: make the pixels final first.
+            if u8.is_cuda:
+                torch.cuda.current_stream(u8.device).synchronize()
             encoded = encode_jpeg(list(u8.flatten(0, 1)), quality=self.quality)
             sizes = [int(e.numel()) for e in encoded]
             blob = torch.cat(encoded)
