@@ -213,3 +213,10 @@ def test_state_dict_counts_batches_and_shard_views_still_restart_their_epoch(dat
     assert dl.state_dict()["epoch"] == 3 and dl.views is ds
     with pytest.raises(ConfigError, match="device= to ContinuousViews"):
         loader(ContinuousViews(sv.load_model("toy", resolution=8), epoch_samples=8, batch_size=4), device="cpu")
+
+
+def test_custom_callable_batches_still_reach_the_requested_device(dataset):
+    """The per-sample path collates in the workers; the loader then moves every tensor to ``device``."""
+    batches = list(loader(dataset, batch_size=BATCH, t_x=lambda x: x.flip(-1), shuffle=0, device="meta"))
+    (views, index) = batches[0]
+    assert all(v.device.type == "meta" for v in views) and index.device.type == "meta"
