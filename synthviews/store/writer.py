@@ -129,6 +129,8 @@ def generate(out: str | Path, model: str | MLVGM = "digits", policy=None, *, sam
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output {out} exists and is not a folder; choose a folder path for --out")
     ranks = detect_ranks(rank, world_size)
+    # a foreign folder: refused untouched, before a model loads or compiles; the rest under the lock
+    _check_out_folder(out, split, None, resume)
 
     if isinstance(model, str):
         model = load_model(model, **(model_kwargs or {}))
@@ -148,7 +150,6 @@ def generate(out: str | Path, model: str | MLVGM = "digits", policy=None, *, sam
 
     meta = {"seed": seed, "model_id": config["model"]["model_id"], "policy_id": config["policy_id"], "views": views}
     ranges = shard_ranges(samples, shard_size)
-    _check_out_folder(out, split, None, resume)  # a foreign folder: refused untouched; the rest under the lock
 
     cpus = os.cpu_count() or 1
     torch_threads = torch.get_num_threads()
