@@ -40,16 +40,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_models import STYLEGAN2_CONFIG_F  # the one config-f literal (this script's folder is on sys.path)
 
 import synthviews as sv
 import synthviews.views as views_module
 from synthviews._util.checks import DECODE_BLOCK
 from synthviews.views import ViewSampler
 
-STYLEGAN2_CONFIG_F = {  # stylegan2-ada-pytorch "config-f": 8 mapping layers, channel_base 32768, max 512
-    "z_dim": 512, "w_dim": 512, "img_channels": 3,
-    "mapping_kwargs": {"num_layers": 8}, "synthesis_kwargs": {"channel_base": 32768, "channel_max": 512},
-}
 STYLEGAN2_TINY = {  # --quick: the same layout with few channels
     "z_dim": 32, "w_dim": 32, "img_channels": 3,
     "mapping_kwargs": {"num_layers": 2}, "synthesis_kwargs": {"channel_base": 256, "channel_max": 16},
