@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import webdataset as wds
 from tqdm import tqdm
 
 from .._util.checks import (
@@ -73,6 +72,7 @@ from .manifest import (
     write_manifest,
     write_progress,
 )
+from .tarshards import TarSampleWriter
 
 TAR_MTIME = 0  # fixed member mtime: same command, same bytes
 HOST_RING = 3  # decoded batches in flight: one being copied/filled, one being encoded, one spare
@@ -605,8 +605,7 @@ class _ShardPipeline:
                     final = self.out / shard_name(self.split, shard)
                     tmp = final.with_name(temporary_name(final.name))
                     stream = open(tmp, "wb")
-                    writer = wds.TarWriter(stream, encoder=False, mtime=TAR_MTIME, user="synthviews",
-                                           group="synthviews")
+                    writer = TarSampleWriter(stream, mtime=TAR_MTIME, user="synthviews", group="synthviews")
                     written = 0
                 if kind == "batch":
                     for sample in payload.result():
