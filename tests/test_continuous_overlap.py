@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import synthviews as sv
+from synthviews._util.device import _tensors
 from synthviews.data import ContinuousViews, loader
 from synthviews.data import continuous as cont
 
@@ -227,16 +228,26 @@ class FakeStreams:
     def current_stream(self):
         return getattr(self.local, "stream", None) or "default"
 
-    def record_event(self, stream):
-        with self.lock:
-            self.log.append(("record", stream, threading.current_thread().name))
-            return ("event", len(self.log))
+    def new_event(self):
+        fake = self
+
+        class Event:
+            def record(self, stream):
+                with fake.lock:
+                    fake.log.append(("record", stream, threading.current_thread().name))
+                    self.ticket = ("event", len(fake.log))
+
+            def __eq__(self, other):
+                return getattr(self, "ticket", None) == other
+
+            __hash__ = object.__hash__
+        return Event()
 
     def wait_event(self, stream, event):
         with self.lock:
             self.log.append(("wait", stream, event, threading.current_thread().name))
 
-    def keep(self, tensor, stream):
+    def record_stream(self, tensor, stream):
         with self.lock:
             self.log.append(("keep", stream, tensor.data_ptr()))
 
@@ -268,7 +279,7 @@ def test_stream_handoff_logic_on_cpu(monkeypatch):
         x = torch.ones(2)
         assert cpu.receive(x, cpu.ready(x)) is x
     nested = {"a": [torch.ones(1), (torch.zeros(1), "key")], "b": 3}
-    assert len(list(cont._tensors(nested))) == 2
+    assert len(list(_tensors(nested))) == 2
 
 
 def test_a_pickled_dataset_iterates_with_its_own_lock():

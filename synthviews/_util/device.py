@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from typing import Iterator
 
 import torch
 
@@ -86,8 +87,8 @@ class DeviceCopy:
     is copied; :meth:`Pending.wait` blocks only the thread that needs the host bytes. Host buffers are
     pinned there (a pageable buffer would make the copy synchronous).
 
-    ``backend`` replaces the CUDA calls (streams, events, pinning, record_stream), for tests of this
-    logic on a machine without a GPU: see ``tests/test_device_copy.py``.
+    ``backend`` replaces the CUDA calls (:class:`_CudaCalls`), for tests of this logic on a machine
+    without a GPU: see ``tests/test_device_copy.py``.
     """
 
     def __init__(self, device: torch.device, backend=None):
@@ -135,8 +136,67 @@ class Pending:
         return event is None or event.query()
 
 
+class StreamHandoff:
+    """Items made in one thread and used in another, on the device's streams (continuous sampling).
+
+    On CUDA the producer works on its own stream; :meth:`ready` records an event
+    after an item is made, and :meth:`receive` (in the consumer) makes the
+    consumer's current stream wait for it and marks the item's tensors as used
+    there, so the caching allocator does not hand their memory out again while
+    the consumer still reads it. On CPU there are no streams and every call is
+    free. ``backend`` replaces the CUDA calls (:class:`_CudaCalls`), so tests
+    drive this logic on CPU with a stand-in (``tests/test_continuous_overlap.py``).
+    """
+
+    def __init__(self, device: torch.device, backend=None):
+        device = torch.device(device)
+        if backend is None and device.type == "cuda":
+            backend = _CudaCalls(device)
+        self.backend, self._stream = backend, None
+
+    @contextlib.contextmanager
+    def producing(self):
+        """In the producer thread, around all its work: its own stream as the current one."""
+        if self.backend is None:
+            yield
+            return
+        self._stream = self.backend.new_stream()  # torch hands out streams from a fixed pool: nothing is created
+        with self.backend.use(self._stream):
+            yield
+
+    def ready(self, item):
+        """In the producer, after making ``item``: the ticket :meth:`receive` waits on."""
+        if self.backend is None:
+            return None
+        event = self.backend.new_event()
+        event.record(self._stream)
+        return event
+
+    def receive(self, item, ticket):
+        """In the consumer, before using ``item``: its stream waits until the item is made."""
+        if self.backend is not None:
+            consumer = self.backend.current_stream()
+            self.backend.wait_event(consumer, ticket)
+            for tensor in _tensors(item):
+                self.backend.record_stream(tensor, consumer)
+        return item
+
+
+def _tensors(item) -> Iterator[torch.Tensor]:
+    """Every tensor in an item (tuples, lists and dicts of them)."""
+    if torch.is_tensor(item):
+        yield item
+    elif isinstance(item, (tuple, list)):
+        for part in item:
+            yield from _tensors(part)
+    elif isinstance(item, dict):
+        for part in item.values():
+            yield from _tensors(part)
+
+
 class _CudaCalls:
-    """The CUDA calls :class:`DeviceCopy` makes; a test passes an object with the same methods instead."""
+    """Every CUDA call of :class:`DeviceCopy` and :class:`StreamHandoff`; a test passes an object with
+    the same methods instead (not reachable without a CUDA device)."""
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -150,14 +210,20 @@ class _CudaCalls:
     def wait_stream(self, stream, other) -> None:
         stream.wait_stream(other)
 
+    def wait_event(self, stream, event) -> None:
+        stream.wait_event(event)
+
+    @contextlib.contextmanager
     def use(self, stream):
-        return torch.cuda.stream(stream)
+        with torch.cuda.device(self.device), torch.cuda.stream(stream):  # both are per thread
+            yield
 
     def new_event(self):
         return torch.cuda.Event(blocking=True)  # waiters sleep instead of spinning on the encoders' cores
 
     def record_stream(self, tensor: torch.Tensor, stream) -> None:
-        tensor.record_stream(stream)
+        if tensor.device.type == "cuda":  # an item may hold host tensors too
+            tensor.record_stream(stream)
 
     def pinned_empty(self, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
         return torch.empty(shape, dtype=dtype, pin_memory=True)

@@ -35,12 +35,13 @@ import os
 import queue
 import threading
 import weakref
-from typing import Callable, Iterable
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .._util.device import StreamHandoff
 from .._util.distributed import training_ranks, worker_slot
 from ..errors import ConfigError
 from ..latents import Streams
@@ -266,90 +267,6 @@ def _real_image(item, shape: tuple[int, int, int]) -> torch.Tensor:
 
 
 # --- the producer thread ---------------------------------------------------------
-
-
-class StreamHandoff:
-    """Items made in one thread and used in another, on the device's streams.
-
-    On CUDA the producer works on its own stream; :meth:`ready` records an event
-    after an item is made, and :meth:`receive` (in the consumer) makes the
-    consumer's current stream wait for it and marks the item's tensors as used
-    there, so the caching allocator does not hand their memory out again while
-    the consumer still reads it. On CPU there are no streams and every call is
-    free. The CUDA calls go through ``backend`` (the five methods of
-    :class:`_CudaStreams`), so tests drive this logic on CPU with a stand-in.
-    """
-
-    def __init__(self, device: torch.device, backend=None):
-        device = torch.device(device)
-        if backend is None and device.type == "cuda":
-            backend = _CudaStreams(device)
-        self.backend, self._stream = backend, None
-
-    @contextlib.contextmanager
-    def producing(self):
-        """In the producer thread, around all its work: its own stream as the current one."""
-        if self.backend is None:
-            yield
-            return
-        self._stream = self.backend.new_stream()
-        with self.backend.use(self._stream):
-            yield
-
-    def ready(self, item):
-        """In the producer, after making ``item``: the ticket :meth:`receive` waits on."""
-        return None if self.backend is None else self.backend.record_event(self._stream)
-
-    def receive(self, item, ticket):
-        """In the consumer, before using ``item``: its stream waits until the item is made."""
-        if self.backend is not None:
-            consumer = self.backend.current_stream()
-            self.backend.wait_event(consumer, ticket)
-            for tensor in _tensors(item):
-                self.backend.keep(tensor, consumer)
-        return item
-
-
-class _CudaStreams:
-    """The CUDA side of :class:`StreamHandoff` (not reachable without a CUDA device)."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-
-    def new_stream(self):
-        return torch.cuda.Stream(device=self.device)
-
-    @contextlib.contextmanager
-    def use(self, stream):
-        with torch.cuda.device(self.device), torch.cuda.stream(stream):  # both are per thread
-            yield
-
-    def record_event(self, stream):
-        event = torch.cuda.Event()
-        event.record(stream)
-        return event
-
-    def current_stream(self):
-        return torch.cuda.current_stream(self.device)
-
-    def wait_event(self, stream, event) -> None:
-        stream.wait_event(event)
-
-    def keep(self, tensor: torch.Tensor, stream) -> None:
-        if tensor.device.type == "cuda":
-            tensor.record_stream(stream)
-
-
-def _tensors(item) -> Iterable[torch.Tensor]:
-    """Every tensor in an item (tuples, lists and dicts of them)."""
-    if torch.is_tensor(item):
-        yield item
-    elif isinstance(item, (tuple, list)):
-        for part in item:
-            yield from _tensors(part)
-    elif isinstance(item, dict):
-        for part in item.values():
-            yield from _tensors(part)
 
 
 _LIVE: "weakref.WeakSet[_Producer]" = weakref.WeakSet()
