@@ -8,10 +8,11 @@ Rows, all measured in this run:
 
 1. ``decode``: ViewSampler images/s (K=2, the default decode block, 4 blocks per call) of
    StyleGAN2 config-f at 256 and 512 px (random weights via ``config=``), BigBiGAN 128
-   (``random_weights=True``, also with ``channels_last``) and the shipped ``digits`` (also
-   with blocks of 256), in fp32, bf16 autocast and ``compile=True`` (fp32). bf16 and compile
-   rows say how far their images are from fp32 eager. Compile rows run last, each only if
-   ``--budget`` leaves time for it (they print why when skipped).
+   (``random_weights=True``, also with ``channels_last``), VDVAE with the ImageNet-32 release
+   config (``random_weights=True``) and the shipped ``digits`` (also with blocks of 256), in
+   fp32, bf16 autocast and ``compile=True`` (fp32). bf16 and compile rows say how far their
+   images are from fp32 eager. Compile rows run last, each only if ``--budget`` leaves time
+   for it (they print why when skipped).
 2. ``generate / bare decode``: ``generate`` samples/s over the bare ViewSampler loop of the same
    model and batches, with the CPU encoder and with ``encoder="nvjpeg"`` (skipped with a note
    where ``generate`` has no such option or it cannot run).
@@ -40,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_models import STYLEGAN2_CONFIG_F  # the one config-f literal (this script's folder is on sys.path)
+from bench_models import STYLEGAN2_CONFIG_F, VDVAE_TINY  # the shared literals (this script's folder is on sys.path)
 
 import synthviews as sv
 import synthviews.views as views_module
@@ -132,6 +133,9 @@ def model_rows(device: torch.device, quick: bool):
              ("bigbigan 128 px channels_last" + (" (ch=8)" if quick else ""),
               lambda: sv.load_model("bigbigan", random_weights=True, device=device, channels_last=True, **bb),
               block),
+             ("vdvae 32 px" + (" (tiny)" if quick else " (imagenet32)"),
+              lambda: sv.load_model("vdvae", config=VDVAE_TINY if quick else "imagenet32", random_weights=True,
+                                    device=device), block),
              ("digits 32 px", lambda: sv.load_model("digits", device=device), block),
              (f"digits 32 px, block {4 if quick else 256}", lambda: sv.load_model("digits", device=device),
               4 if quick else 256)]

@@ -2,7 +2,8 @@
 
 Real architectures with random weights (speed does not depend on the values):
 StyleGAN2 config-f at 512 and 256 px (if ``synthviews.models.stylegan2`` is
-available), BigBiGAN 128 px, and the procedural ``toy`` at 64 px. Each row
+available), BigBiGAN 128 px, the VDVAE ImageNet-32 release config (output
+sampling included) and the procedural ``toy`` at 64 px. Each row
 times ``decode(compose(anchor, {}))`` under ``torch.inference_mode`` after one
 warm-up call, best of ``--repeats``.
 
@@ -10,7 +11,8 @@ warm-up call, best of ``--repeats``.
 compiling call is the warm-up); ``benchmarks/bench_gpu.py`` compares eager, bf16 and compile.
 
 ``--quick`` (a smoke run) builds the same rows with tiny architectures instead
-(StyleGAN2 at 32 and 16 px with few channels, BigBiGAN ``ch=8``, toy 32 px), batch 1, one repeat.
+(StyleGAN2 at 32 and 16 px with few channels, BigBiGAN ``ch=8``, the tiny compat VDVAE, toy 32 px), batch 1,
+one repeat.
 
 Run: python benchmarks/bench_models.py [--device cuda] [--batch-sizes 1,4] [--repeats 3] [--compile] [--quick]
 """
@@ -29,6 +31,11 @@ from synthviews.views import compile_decode
 STYLEGAN2_CONFIG_F = {  # stylegan2-ada-pytorch "config-f": 8 mapping layers, channel_base 32768, max 512
     "z_dim": 512, "w_dim": 512, "img_channels": 3,
     "mapping_kwargs": {"num_layers": 8}, "synthesis_kwargs": {"channel_base": 32768, "channel_max": 512},
+}
+
+VDVAE_TINY = {  # --quick: the compat tiny VDVAE (tests/data/vdvae), the real layout at 32 px with few channels
+    "image_size": 32, "width": 32, "zdim": 8, "num_mixtures": 3, "no_bias_above": 16,
+    "custom_width_str": "1:48,4:48,8:40", "dec_blocks": "1x2,4m1,4x2,8m4,8x1,16m8,16x1,32m16,32x1",
 }
 
 STYLEGAN2_TINY = {  # --quick: the same layout with few channels
@@ -55,6 +62,9 @@ def model_factories(device: str, amp: str, channels_last: bool, quick: bool = Fa
     tiny = {"ch": 8} if quick else {}
     rows.append(("bigbigan tiny (ch=8)" if quick else "bigbigan", 128, lambda: sv.load_model(
         "bigbigan", device=device, amp=amp, channels_last=channels_last, random_weights=True, **tiny)))
+    vdvae = VDVAE_TINY if quick else "imagenet32"  # the release's 78-block, 67 M-parameter generator
+    rows.append(("vdvae tiny" if quick else "vdvae imagenet32", 32, lambda: sv.load_model(
+        "vdvae", config=vdvae, random_weights=True, device=device)))
     toy_res = 32 if quick else 64
     rows.append(("toy", toy_res, lambda: sv.load_model("toy", resolution=toy_res).to(device)))
     return rows

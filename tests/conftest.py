@@ -11,7 +11,7 @@ def compat_dir() -> Path:
 
     The data is part of the repository, so a missing folder is a broken checkout: fail, never skip.
     """
-    for family in ("stylegan2", "bigbigan"):
+    for family in ("stylegan2", "bigbigan", "vdvae"):
         if not (DATA_DIR / family).is_dir():
             pytest.fail(f"compatibility data missing: {DATA_DIR / family} (it is part of the repository)")
     return DATA_DIR

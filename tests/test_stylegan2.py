@@ -328,6 +328,14 @@ def test_groups_parsing():
             parse_groups(bad, 8)
 
 
+def test_groups_refuse_digits_int_cannot_read():
+    """'²' passes str.isdigit() but int() refuses it: a ConfigError, not a ValueError (CLI traceback)."""
+    for bad in ("²", " ² ", "٣", "9" * 5000):
+        with pytest.raises(ConfigError, match="not understood"):
+            parse_groups(bad, 8)
+    assert parse_groups(" 2 ", 8) == [(0, 4), (4, 8)]
+
+
 def test_group_options_and_policy(compat_dir):
     base = dict(path=sg(compat_dir) / "tiny1_state_dict.pt", config=sg(compat_dir) / "tiny1_config.json")
     default = load_model("stylegan2", **base)

@@ -28,12 +28,14 @@ def model_option(text: str) -> tuple[str, object]:
 
 
 def add_model_args(p: argparse.ArgumentParser, default: str | None = DEFAULT_MODEL) -> None:
-    """The ``model`` group: --model, --path, --model-opt, --device (``default=None``: the model is optional)."""
+    """The ``model`` group: --model, --path, --config, --model-opt, --device (``default=None``: the model is optional)."""
     g = p.add_argument_group("model")
     g.add_argument("--model", default=default,
                    help=f"model family (default: {default}); see `synthviews info`" if default else
                    "model family to describe (default: list the families)")
-    g.add_argument("--path", help="checkpoint file for models loaded from weights (e.g. stylegan2, bigbigan)")
+    g.add_argument("--path", help="checkpoint file for models loaded from weights (e.g. stylegan2, bigbigan, vdvae)")
+    g.add_argument("--config", help="config file (JSON/YAML) or built-in config name, for families that take "
+                   "one (vdvae: a release name or file; stylegan2: a file of generator kwargs)")
     g.add_argument("--model-opt", metavar="KEY=VALUE", action="append", type=model_option, default=[],
                    help="extra model option, repeatable; VALUE is parsed as YAML (e.g. --model-opt resolution=32)")
     g.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N (default: auto)")
@@ -44,6 +46,10 @@ def build_model(args):
     kwargs = dict(args.model_opt)
     if args.path is not None:
         kwargs["path"] = args.path
+    if getattr(args, "config", None) is not None:
+        if "config" in kwargs:
+            raise ConfigError("--config and --model-opt config=... both give the model's config; give one")
+        kwargs["config"] = args.config
     from ..models import load_model
 
     return load_model(args.model, **kwargs)

@@ -26,7 +26,7 @@ from typing import Mapping
 
 import torch
 
-from .._util.checks import MAX_WEIGHTS_BYTES, check_tensors, check_torch_file, error, regular_file
+from .._util.checks import MAX_WEIGHTS_BYTES, brief, check_tensors, check_torch_file, error, regular_file
 from ..errors import ConfigError
 
 SAFETENSORS, TORCH_SUFFIXES = ".safetensors", (".pt", ".pth")
@@ -75,6 +75,14 @@ def flat_tensors(state, what: str) -> dict[str, torch.Tensor]:
         raise error(f"{what} is not a flat state dict: entries {shown} are not tensors; if the weights sit "
                     "under one of these keys, use that inner dict on its own")
     return dict(state)
+
+
+def first_names(names, n: int = 3, limit: int = 80) -> str:
+    """The first ``n`` of ``names`` for an error message, each repr cut to ``limit`` characters, then
+    "and K more": the names come from files, so neither their count nor their length may size the line."""
+    names = list(names)
+    shown = ", ".join(brief(k, limit) for k in names[:n])
+    return shown + (f" and {len(names) - n} more" if len(names) > n else "")
 
 
 # --- torch files ------------------------------------------------------------------

@@ -28,8 +28,8 @@ def parse_groups(groups, num_ws: int) -> list[tuple[int, int]]:
     """W+ layer ranges [start, end) from ``groups``: an int n or "n" (n contiguous ranges,
     as equal as possible), "layers" (one per layer), "0_2,2_8,..." or [[0, 2], [2, 8], ...]."""
     spec = groups
-    if isinstance(spec, str) and spec.strip().isdigit():
-        spec = int(spec)
+    if isinstance(spec, str) and (s := spec.strip()).isascii() and s.isdecimal() and len(s) <= 6:
+        spec = int(s)  # isdigit() alone lets '²' through, which int() refuses
     if isinstance(spec, int) and not isinstance(spec, bool):
         if not 1 <= spec <= num_ws:
             raise ConfigError(f"StyleGAN2 groups: cannot split {num_ws} W+ layers into {spec} groups (use 1..{num_ws})")
