@@ -93,6 +93,8 @@ class ViewSampler:
         self.model = model.to(self.device).eval()
         amp_context(self.device, amp)  # validate early
         self.compile, self._compiled, self._warm = bool(compile), None, set()
+        if self.compile and getattr(model, "compile_refusal", None):
+            raise ConfigError(f"compile: the {model.family} decode is not compiled: {model.compile_refusal}")
         if self.compile:  # compile now: a failure surfaces before a caller writes anything
             self._run_blocks([0], decode=True, inference=True)
 
@@ -191,8 +193,9 @@ class ViewSampler:
                 flat = codes.flatten(0, 1)  # (S*(1+K), ...)
                 if self.compile and len(idx):
                     images = self._compiled_decode(flat, first_compiled)
-                else:
-                    images = model.decode(flat)  # (S*(1+K), C, H, W)
+                else:  # the model may share work between an anchor and its positives; same bits as decode(flat)
+                    views = getattr(model, "decode_views", None)  # duck-typed models without the hook: decode
+                    images = views(codes).flatten(0, 1) if views else model.decode(flat)  # (S*(1+K), C, H, W)
             images = images.float().clamp_(0, 1)
             batch.images = images.view(len(idx), self.views + 1, *images.shape[1:])
         return batch

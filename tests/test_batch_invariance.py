@@ -43,22 +43,42 @@ def _model(name: str, data: Path):
                              config=data / "stylegan2" / "tiny1_config.json")
     if name == "bigbigan":
         return sv.load_model("bigbigan", path=data / "bigbigan" / "tiny_state_dict.pt")
+    if name == "vdvae":
+        return sv.load_model("vdvae", path=data / "vdvae" / "tiny_state_dict.pt", config=data / "vdvae" / "tiny_config.json")
     if name == "user":
         return from_module(UserDecoder(), [("coarse", 8), ("mid", 8), ("fine", 8)], input="chunks", family="user")
     return sv.load_model("toy", resolution=16)
 
 
-SIZES = {"digits": 64, "stylegan2": 64, "bigbigan": 16, "user": 64, "toy": 64}  # BigBiGAN: 128 px
+def _diffusion(root: Path):
+    """A tiny random-weight diffusers DDPM (16 px, 5 steps), its positives sharing the anchor's trajectory."""
+    diffusers = pytest.importorskip("diffusers")
+    folder = root / "ddpm"
+    if not folder.exists():
+        torch.manual_seed(0)
+        diffusers.UNet2DModel(sample_size=16, in_channels=1, out_channels=1, block_out_channels=(16, 32),
+                              layers_per_block=1, norm_num_groups=8, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                              up_block_types=("AttnUpBlock2D", "UpBlock2D")).save_pretrained(folder / "unet")
+        diffusers.DDPMScheduler(num_train_timesteps=100).save_pretrained(folder / "scheduler")
+    model = sv.load_model("diffusion", path=folder, steps=5, unet_batch=8)
+    # the generic default perturbs init too (no sharing): perturb late steps, so shared trajectories are exercised
+    policy = {"kind": "gaussian", "groups": {"steps2_3": {"std": 1.0}, "steps3_4": {"std": 0.5}}}
+    model.default_policy_spec = lambda: policy
+    return model
+
+
+SIZES = {"digits": 64, "stylegan2": 64, "bigbigan": 16, "user": 64, "toy": 64, "diffusion": 32, "vdvae": 32}  # BigBiGAN: 128 px
 
 
 def _files(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
 
-@pytest.fixture(scope="module", params=["digits", "stylegan2", "bigbigan", "user", "toy"])
+@pytest.fixture(scope="module", params=["digits", "stylegan2", "bigbigan", "user", "toy", "diffusion", "vdvae"])
 def family(request, compat_dir, tmp_path_factory):
     """(name, model, settings, reference folder written at batch size 64)."""
-    model = _model(request.param, compat_dir)
+    model = _diffusion(tmp_path_factory.mktemp("diffusion")) if request.param == "diffusion" else \
+        _model(request.param, compat_dir)
     samples = SIZES[request.param]
     settings = dict(samples=samples, views=2, shard_size=samples // 4 + 1, seed=5, device="cpu")
     ref = tmp_path_factory.mktemp(request.param) / "ref"
@@ -95,9 +115,9 @@ def test_a_run_killed_at_one_batch_size_resumes_at_another_to_the_same_bytes(fam
     assert _files(out) == _files(ref), f"{name}: a resume at another batch size changed the bytes"
 
 
-@pytest.mark.parametrize("name", ["digits", "stylegan2", "bigbigan", "user"])
-def test_views_do_not_depend_on_the_cpu_thread_count(name, compat_dir):
-    model = _model(name, compat_dir)
+@pytest.mark.parametrize("name", ["digits", "stylegan2", "bigbigan", "user", "diffusion", "vdvae"])
+def test_views_do_not_depend_on_the_cpu_thread_count(name, compat_dir, tmp_path):
+    model = _diffusion(tmp_path) if name == "diffusion" else _model(name, compat_dir)
     threads = torch.get_num_threads()
     images = []
     try:

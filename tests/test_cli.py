@@ -225,7 +225,7 @@ def test_every_verb_group_module_adds_its_verbs():
 
     verbs = cli.build_parser()._subparsers._group_actions[0].choices
     assert list(verbs) == ["preview", "generate", "verify", "merge", "info", "analyze", "train-walker", "push",
-                           "train-gan"]
+                           "train-gan", "train-ddpm"]
     for module, names in ((datasets, ["preview", "generate", "verify", "merge", "info"]),
                           (analysis, ["analyze", "train-walker"]), (hub, ["push"])):
         parser = cli.app._Parser(prog="synthviews")

@@ -81,3 +81,22 @@ def test_tensors_must_be_flat_dense_and_finite(tmp_path):
     torch.save({"a": torch.zeros(1).expand(10**6)}, tmp_path / "expanded.pt")
     with pytest.raises(ConfigError, match="not stored densely"):
         read_tensors(tmp_path / "expanded.pt", "weights")
+
+
+def test_the_safetensors_header_gives_shapes_and_bounds_what_loading_allocates(tmp_path):
+    from safetensors.torch import save_file
+
+    from synthviews.models.weights import safetensors_header
+
+    path = tmp_path / "w.safetensors"
+    save_file({"a": torch.zeros(4, 25, dtype=torch.float16), "b": torch.zeros(5, dtype=torch.bfloat16)}, str(path))
+    assert safetensors_header(path, "weights") == {"a": (4, 25), "b": (5,)}
+    assert path.stat().st_size < 400  # 210 bytes of data, but 420 as float32: the bound is on what loading allocates
+    with pytest.raises(ConfigError, match=r"weights .*: its 105 values take 420 bytes as float32, over the limit of 400"):
+        safetensors_header(path, "weights", max_bytes=400)
+    save_file({"a": torch.zeros(2), "n": torch.zeros(3, dtype=torch.int64)}, str(path))
+    with pytest.raises(ConfigError, match=r"tensor 'n' is I64; only F32, F16, BF16 tensors are read here"):
+        safetensors_header(path, "weights")
+    path.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{bad}")
+    with pytest.raises(ConfigError, match="not a valid .safetensors file"):
+        safetensors_header(path, "weights")

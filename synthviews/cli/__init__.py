@@ -2,7 +2,7 @@
 
 ``app`` holds ``main`` (user errors as one line, exit 2) and ``build_parser``, which adds the verbs
 of one module per group: ``datasets`` (preview, generate, verify, merge, info), ``analysis``
-(analyze, train-walker), ``hub`` (push) and ``train`` (train-gan). ``_common`` has the parser pieces
+(analyze, train-walker), ``hub`` (push) and ``train`` (train-gan, train-ddpm). ``_common`` has the parser pieces
 several groups share (the model options); ``_flags`` builds flags from settings dataclasses.
 """
 

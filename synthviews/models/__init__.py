@@ -1,6 +1,6 @@
 """Generator families (MLVGMs) and the registry that builds them by name."""
 
-from . import bigbigan, digits, stylegan2, toy, vdvae  # noqa: F401  (registers the built-in families)
+from . import bigbigan, diffusion, digits, digits_ddpm, stylegan2, toy, vdvae  # noqa: F401  (registers the built-in families)
 from ._registry import available_models, load_model, register_model
 from .adapter import ModuleMLVGM, from_module
 from .base import MLVGM, ChunkedLatents

@@ -44,6 +44,7 @@ class MLVGM(nn.Module):
     family: str = "mlvgm"
     license: str = "unknown"
     license_link: str | None = None
+    compile_refusal: str | None = None  # why ViewSampler(compile=True) cannot compile this family's decode, if so
 
     groups: tuple[LatentGroup, ...]
     prior: TruncatedNormal
@@ -68,6 +69,16 @@ class MLVGM(nn.Module):
     def decode(self, code: torch.Tensor) -> torch.Tensor:
         """Images for a batch of codes: float in [0, 1], shape (B, C, H, W)."""
         raise NotImplementedError
+
+    def decode_views(self, codes: torch.Tensor) -> torch.Tensor:
+        """Images of anchors and their positives: codes (S, 1+K, ...) -> (S, 1+K, C, H, W), view 0 the anchor.
+
+        ViewSampler decodes through this (eagerly), so a family whose positives share work with their anchor
+        (a diffusion trajectory up to the first perturbed step) can do it once; the result must equal
+        :meth:`decode` of every view to the last bit. The default is exactly that: one decode of all views.
+        """
+        images = self.decode(codes.flatten(0, 1))
+        return images.reshape(codes.shape[0], codes.shape[1], *images.shape[1:])
 
     def default_policy_spec(self) -> dict:
         """The policy (as a plain dict, the policy-file format) used when none is given."""

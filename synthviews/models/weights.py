@@ -18,6 +18,7 @@ is wrong with it and, where there is one, what to do.
 
 from __future__ import annotations
 
+import math
 import pickle
 import warnings
 import zipfile
@@ -151,6 +152,41 @@ def _torch_file_problem(path: Path, network_pickle_hint: bool) -> str | None:
 
 
 # --- safetensors --------------------------------------------------------------------
+
+FLOAT_DTYPES = ("F32", "F16", "BF16")  # safetensors' names of the dtypes a network's weights are read in
+
+
+def safetensors_header(path, what: str, *, max_bytes: int = MAX_WEIGHTS_BYTES,
+                       dtypes: tuple[str, ...] = FLOAT_DTYPES) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes from a ``.safetensors`` header, read without loading a tensor.
+
+    Every tensor must have one of ``dtypes``, and all of them as float32 must fit in
+    ``max_bytes``: a half-precision file becomes twice its size once loaded, so
+    the bound is on what loading allocates, not on the file.
+    """
+    path = Path(path)
+    regular_file(path, what, max_bytes)
+    try:
+        from safetensors import safe_open
+    except ImportError:
+        raise ConfigError(f"reading {what} {path} needs the safetensors package: pip install safetensors") from None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            slices = {k: f.get_slice(k) for k in f.keys()}
+            header = {k: (s.get_dtype(), tuple(s.get_shape())) for k, s in slices.items()}
+    except Exception as e:  # noqa: BLE001 - SafetensorError and friends: header damaged
+        raise _unreadable(what, path, " is not a valid .safetensors file (truncated or foreign?)", "state dict",
+                          f"safetensors: {e}") from None
+    others = [k for k, (dtype, _) in header.items() if dtype not in dtypes]
+    if others:
+        raise error(f"{what} {path}: tensor {brief(others[0], 80)} is {header[others[0]][0]}; only "
+                    f"{', '.join(dtypes)} tensors are read here")
+    values = sum(math.prod(shape) for _, shape in header.values())
+    if values * 4 > max_bytes:
+        raise error(f"{what} {path}: its {values:,} values take {values * 4:,} bytes as float32, over the limit "
+                    f"of {max_bytes:,}")
+    return {k: shape for k, (_, shape) in header.items()}
+
 
 def _read_safetensors(path: Path, what: str) -> tuple[dict[str, torch.Tensor], dict]:
     try:

@@ -7,8 +7,9 @@
 - ``checkpoint.pt``: G, G_ema, D, both Adam states, step, image count, the
   training RNG state and the data order, as plain tensors/dicts
   (``torch.save``; read back by :func:`synthviews.models.weights.read_torch`).
-  Written atomically every ``--checkpoint-minutes`` and at the end;
-  ``--resume`` continues from it exactly (the next steps are bit-identical
+  Written atomically every ``--checkpoint-minutes`` and at the end (the
+  loop, checkpoint files and resume are shared with the DDPM trainer:
+  :mod:`synthviews.train.loop`); ``--resume`` continues from it exactly (the next steps are bit-identical
   to an uninterrupted run on the same machine and thread count).
 - ``G_ema.safetensors``: the EMA generator with its constructor config in
   the metadata (:func:`synthviews.models.stylegan2.checkpoint.save_safetensors`), loadable with
@@ -50,11 +51,9 @@ Choices (see :class:`TrainOptions` for the numbers):
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
-import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -64,10 +63,11 @@ import torch.nn.functional as F
 from .._util.settings import setting
 from ..errors import ConfigError
 from ..models.stylegan2.networks import Generator, generator_config
-from ..models.weights import read_torch
+from . import loop
 from .discriminator import Discriminator
+from .loop import CHECKPOINT
 
-CHECKPOINT = "checkpoint.pt"
+VERB = "train-gan"
 EXPORT = "G_ema.safetensors"
 FORMAT = "synthviews-train-gan/1"
 DEFAULT_STEPS = 8000
@@ -180,7 +180,7 @@ def augment(x: torch.Tensor, p: float, shift: int, rng: torch.Generator) -> torc
 
 # --- the trainer -----------------------------------------------------------------
 
-class Trainer:
+class Trainer(loop.RunState):
     """G, G_ema, D, optimisers, data order and RNG: one object whose state_dict() is a checkpoint."""
 
     def __init__(self, options: TrainOptions, reals: torch.Tensor):
@@ -198,20 +198,7 @@ class Trainer:
         self.opt_G = torch.optim.Adam(self.G.parameters(), lr=o.lr, betas=(0.0, o.beta2), eps=1e-8)
         ratio = o.r1_interval / (o.r1_interval + 1) if o.r1_gamma > 0 else 1.0  # lazy R1
         self.opt_D = torch.optim.Adam(self.D.parameters(), lr=o.lr * ratio, betas=(0.0, o.beta2 ** ratio), eps=1e-8)
-        self.rng = torch.Generator().manual_seed(o.seed + 1)
-        self.step, self.nimg, self.elapsed = 0, 0, 0.0
-        self.target_steps = DEFAULT_STEPS  # the run's goal, kept in checkpoints so --resume needs no --steps
-        self.perm = torch.randperm(len(self.reals), generator=self.rng)
-        self.pos = 0
-
-    # data
-    def next_reals(self) -> torch.Tensor:
-        b = self.opts.batch
-        if self.pos + b > len(self.perm):
-            self.perm, self.pos = torch.randperm(len(self.reals), generator=self.rng), 0
-        idx = self.perm[self.pos:self.pos + b]
-        self.pos += b
-        return self.reals[idx]
+        self.start_run(o.seed + 1, DEFAULT_STEPS)
 
     # generator with style mixing
     def fakes(self, n: int) -> torch.Tensor:
@@ -286,11 +273,9 @@ class Trainer:
 
     # checkpoints
     def state_dict(self) -> dict:
-        return {"format": FORMAT, "options": asdict(self.opts), "step": self.step, "target_steps": self.target_steps,
-                "nimg": self.nimg,
-                "elapsed": self.elapsed, "G": self.G.state_dict(), "G_ema": self.G_ema.state_dict(),
-                "D": self.D.state_dict(), "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(),
-                "rng": self.rng.get_state(), "perm": self.perm.clone(), "pos": self.pos}
+        return self.run_state(FORMAT, {"G": self.G.state_dict(), "G_ema": self.G_ema.state_dict(),
+                                       "D": self.D.state_dict(), "opt_G": self.opt_G.state_dict(),
+                                       "opt_D": self.opt_D.state_dict()})
 
     def load_state_dict(self, state: dict) -> None:
         self.G.load_state_dict(state["G"])
@@ -298,16 +283,7 @@ class Trainer:
         self.D.load_state_dict(state["D"])
         self.opt_G.load_state_dict(state["opt_G"])
         self.opt_D.load_state_dict(state["opt_D"])
-        self.rng.set_state(state["rng"])
-        self.perm, self.pos = state["perm"].clone(), int(state["pos"])
-        self.step, self.nimg, self.elapsed = int(state["step"]), int(state["nimg"]), float(state["elapsed"])
-        self.target_steps = int(state.get("target_steps", DEFAULT_STEPS))
-
-    def save(self, path) -> None:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, path)
+        self.load_run_state(state, DEFAULT_STEPS)
 
     def export(self, path) -> None:
         """G_ema as .safetensors with its generator config and licence in the metadata.
@@ -336,27 +312,7 @@ class Trainer:
 
 def read_checkpoint(path) -> dict:
     """The state of a train-gan checkpoint, read without running code from the file."""
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"train-gan: checkpoint {path} does not exist; nothing to resume "
-                          "(leave out --resume to start a new run)")
-    state = read_torch(path, "train-gan checkpoint")
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ConfigError(f"train-gan: {path} is not a train-gan checkpoint (format {FORMAT})")
-    return state
-
-
-def _prepare_out(out) -> Path:
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"train-gan: output {out} exists and is not a directory")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"train-gan: cannot create output directory {out}: {e.strerror or e}") from None
-    if not os.access(out, os.W_OK):
-        raise ConfigError(f"train-gan: output directory {out} is not writable")
-    return out
+    return loop.read_checkpoint(path, FORMAT, VERB)
 
 
 def _check_export(path) -> Path | None:
@@ -392,16 +348,11 @@ def train(out, options: TrainOptions | None = None, steps: int | None = None, re
     time in this call, to be resumed later. ``reals``: training images
     (default: the digits train split at the options' resolution).
     """
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 0):
-        raise ConfigError(f"train-gan: steps must be an integer >= 0, got {steps!r}")
-    if not checkpoint_minutes > 0:
-        raise ConfigError(f"train-gan: checkpoint_minutes must be > 0, got {checkpoint_minutes!r}")
+    loop.check_run_args(VERB, steps, checkpoint_minutes, log_every=log_every, max_minutes=max_minutes)
     out = Path(out)
-    ckpt_path = None
     state = None
     if resume:
-        ckpt_path = out / CHECKPOINT if resume is True else Path(resume)
-        state = read_checkpoint(ckpt_path)
+        state = read_checkpoint(loop.checkpoint_path(out, resume))
         stored = TrainOptions(**state["options"])
         if options is not None and options != stored:
             diff = [f.name for f in fields(TrainOptions) if getattr(options, f.name) != getattr(stored, f.name)]
@@ -409,7 +360,7 @@ def train(out, options: TrainOptions | None = None, steps: int | None = None, re
                               "a resumed run keeps its options, leave them out")
         options = stored
     export = _check_export(export)
-    out = _prepare_out(out)
+    out = loop.prepare_out(out, VERB)
     if not resume and (out / CHECKPOINT).exists():
         raise ConfigError(f"train-gan: {out} already holds a checkpoint; pass --resume to continue it "
                           "or choose another --out")
@@ -426,7 +377,8 @@ def train(out, options: TrainOptions | None = None, steps: int | None = None, re
     if steps is None:
         steps = trainer.target_steps
     trainer.target_steps = steps
-    _run(trainer, out, steps, checkpoint_minutes, max_minutes, log_every, progress)
+    loop.run(trainer, out, steps, lambda: _checkpoint(trainer, out), verb=VERB, postfix={"G": "loss_G", "D": "loss_D"},
+             checkpoint_minutes=checkpoint_minutes, max_minutes=max_minutes, log_every=log_every, progress=progress)
     if trainer.step >= steps and export is not None:
         trainer.export(export)
     return trainer
@@ -439,45 +391,3 @@ def _checkpoint(trainer: Trainer, out: Path) -> None:
     trainer.export(out / EXPORT)
     (out / f"samples-{trainer.step:06d}.png").write_bytes(png_bytes(trainer.sample_grid()))
 
-
-def _run(trainer: Trainer, out: Path, steps: int, checkpoint_minutes: float, max_minutes, log_every: int,
-         progress: bool) -> None:
-    from tqdm import tqdm
-
-    start = last_ckpt = time.monotonic()
-    base_elapsed = trainer.elapsed
-    sums: dict[str, float] = {}
-    counts: dict[str, int] = {}
-    window_t, window_step = time.monotonic(), trainer.step
-    with tqdm(total=steps, initial=min(trainer.step, steps), disable=not progress, unit="step",
-              dynamic_ncols=True, desc="train-gan") as bar, open(out / "log.jsonl", "a") as log:
-        if trainer.step >= steps:
-            return
-        while trainer.step < steps:
-            stats = trainer.train_step()
-            for k, v in stats.items():
-                if not math.isfinite(v):
-                    trainer.save(out / "checkpoint-nonfinite.pt")
-                    raise RuntimeError(f"train-gan: {k} became {v} at step {trainer.step}; "
-                                       f"the state is in {out / 'checkpoint-nonfinite.pt'}")
-                sums[k] = sums.get(k, 0.0) + v
-                counts[k] = counts.get(k, 0) + 1
-            now = time.monotonic()
-            trainer.elapsed = base_elapsed + now - start
-            bar.update(1)
-            if trainer.step % log_every == 0 or trainer.step == steps:
-                means = {k: sums[k] / counts[k] for k in sums}
-                rate = (trainer.step - window_step) / max(now - window_t, 1e-9)
-                log.write(json.dumps({"step": trainer.step, "kimg": trainer.nimg / 1000,
-                                      "elapsed_s": round(trainer.elapsed, 1), "steps_per_s": round(rate, 3),
-                                      **{k: round(v, 5) for k, v in means.items()}}) + "\n")
-                log.flush()
-                bar.set_postfix(G=f"{means['loss_G']:.3f}", D=f"{means['loss_D']:.3f}", refresh=False)
-                sums.clear(), counts.clear()
-                window_t, window_step = now, trainer.step
-            out_of_time = max_minutes is not None and now - start >= max_minutes * 60
-            if now - last_ckpt >= checkpoint_minutes * 60 or trainer.step == steps or out_of_time:
-                _checkpoint(trainer, out)
-                last_ckpt = time.monotonic()
-            if out_of_time:
-                break
