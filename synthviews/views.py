@@ -65,9 +65,10 @@ class ViewSampler:
     a deterministic mode), so the same settings still give the same bytes;
     they differ from eager decoding in the last bits (float rounding), so
     :meth:`decode_settings` records ``compile``. The decode is compiled when
-    the sampler is built, on block 0, once per input shape (one: the block's) and grad mode
-    (:meth:`sample`'s ``inference=False`` compiles once more, on its first
-    call); an empty request decodes eagerly. A decode that does not compile
+    the sampler is built, on block 0, once per input shape (one: the block's) and grad mode:
+    for ``compile_inference`` (default True: :meth:`sample`'s default; ContinuousViews, which
+    samples with ``inference=False``, passes False), the other mode compiles once more on its
+    first call; an empty request decodes eagerly. A decode that does not compile
     (no C++ compiler on CPU, no triton on CUDA, a graph break) is a
     ConfigError in one line naming the cause, raised before anything is
     written, never a silent fallback to eager, which would make other bytes
@@ -76,7 +77,7 @@ class ViewSampler:
 
     def __init__(self, model: MLVGM, policy: Policy | dict | str | None = None, views: int = 1, seed: int = 0,
                  device: str | torch.device | None = None, amp: str | None = None, block: int = DECODE_BLOCK,
-                 threads: int | None = None, compile: bool = False):
+                 threads: int | None = None, compile: bool = False, compile_inference: bool = True):
         if isinstance(views, bool) or not isinstance(views, int) or views < 1:
             raise ConfigError(f"views (positives per anchor) must be an integer >= 1, got {views!r}")
         check_int(block, "decode block (anchors per generator call)", 1, MAX_DECODE_BLOCK)
@@ -96,7 +97,7 @@ class ViewSampler:
         if self.compile and getattr(model, "compile_refusal", None):
             raise ConfigError(f"compile: the {model.family} decode is not compiled: {model.compile_refusal}")
         if self.compile:  # compile now: a failure surfaces before a caller writes anything
-            self._run_blocks([0], decode=True, inference=True)
+            self._run_blocks([0], decode=True, inference=bool(compile_inference))
 
     def latents(self, indices) -> ViewBatch:
         """Anchors, composed codes (B, 1+K, ...) and deltas, without decoding."""

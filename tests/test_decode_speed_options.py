@@ -116,6 +116,19 @@ def test_compile_plumbing_same_views_recorded_and_compiled_up_front(monkeypatch,
     assert fake.calls[n] == ((12, 20), False) and fake.compiles == 1
 
 
+def test_continuous_views_warm_the_grad_mode_they_decode_in(monkeypatch, toy16):
+    """ContinuousViews samples with inference=False (its views feed training): that graph is the one
+    compiled up front, and iterating compiles nothing more (the inference-mode one was built for nothing)."""
+    from synthviews.data import ContinuousViews
+
+    fake = FakeCompiler()
+    monkeypatch.setattr(views_module, "compile_decode", fake)
+    ds = ContinuousViews(toy16, crops=2, batch_size=4, epoch_samples=8, t_x=None, compile=True, prefetch=0)
+    assert ds.sampler._warm == {False} and [mode for _, mode in fake.calls] == [False]
+    list(ds)
+    assert ds.sampler._warm == {False} and {mode for _, mode in fake.calls} == {False}
+
+
 def test_compile_sampler_pickles_without_its_compiled_decode(monkeypatch, toy16):
     fake = FakeCompiler()
     monkeypatch.setattr(views_module, "compile_decode", fake)

@@ -110,7 +110,8 @@ class ContinuousViews(torch.utils.data.IterableDataset):
             raise ConfigError(f"real_ratio must be in [0, 1], got {real_ratio!r}")
         if real_ratio > 0 and (real is None or not hasattr(real, "__getitem__") or not hasattr(real, "__len__")):
             raise ConfigError("real_ratio > 0 needs real=, a map-style dataset (with __len__ and __getitem__)")
-        self.sampler = ViewSampler(model, policy, views=crops - 1, seed=seed, device=device, amp=amp, compile=compile)
+        self.sampler = ViewSampler(model, policy, views=crops - 1, seed=seed, device=device, amp=amp, compile=compile,
+                                   compile_inference=False)  # warmed for the no_grad decode batch() uses
         self.output = check_output(output)
         if isinstance(t_x, str):
             t_x = make_augment(t_x, size=t_x_size)
