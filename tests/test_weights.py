@@ -100,3 +100,29 @@ def test_the_safetensors_header_gives_shapes_and_bounds_what_loading_allocates(t
     path.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{bad}")
     with pytest.raises(ConfigError, match="not a valid .safetensors file"):
         safetensors_header(path, "weights")
+
+
+def test_safetensors_bytes_do_not_depend_on_the_process(tmp_path):
+    """The library writes its metadata map in a per-process order; ours is sorted, so the same weights and
+    metadata give the same bytes in every process, and the file reads back as written."""
+    import subprocess
+    import sys
+
+    from safetensors import safe_open
+
+    code = ("import sys, torch; from synthviews.models.weights import safetensors_bytes; "
+            "t = {'b': torch.arange(6, dtype=torch.float32).reshape(2, 3), 'a': torch.ones(3, dtype=torch.float16)}; "
+            "m = {'stylegan2_config': '{}', 'synthviews_license': 'mit', 'z': '\\u00e9', 'a': 'x'}; "
+            "open(sys.argv[1], 'wb').write(safetensors_bytes(t, m))")
+    outs = []
+    for i in range(4):  # the library's order changed between about every other process
+        path = tmp_path / f"{i}.safetensors"
+        subprocess.run([sys.executable, "-c", code, str(path)], check=True)
+        outs.append(path.read_bytes())
+    assert all(o == outs[0] for o in outs)
+    with safe_open(str(tmp_path / "0.safetensors"), framework="pt") as f:
+        assert f.metadata() == {"stylegan2_config": "{}", "synthviews_license": "mit", "z": "\u00e9", "a": "x"}
+        assert torch.equal(f.get_tensor("b"), torch.arange(6, dtype=torch.float32).reshape(2, 3))
+        assert f.get_tensor("a").dtype == torch.float16
+    header = outs[0][8:8 + int.from_bytes(outs[0][:8], "little")]
+    assert header.index(b'"a":"x"') < header.index(b'"stylegan2_config"') < header.index(b'"z"')

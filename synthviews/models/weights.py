@@ -18,6 +18,7 @@ is wrong with it and, where there is one, what to do.
 
 from __future__ import annotations
 
+import json
 import math
 import pickle
 import warnings
@@ -186,6 +187,25 @@ def safetensors_header(path, what: str, *, max_bytes: int = MAX_WEIGHTS_BYTES,
         raise error(f"{what} {path}: its {values:,} values take {values * 4:,} bytes as float32, over the limit "
                     f"of {max_bytes:,}")
     return {k: shape for k, (_, shape) in header.items()}
+
+
+def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
+    """A ``.safetensors`` file's bytes (``safetensors.torch.save``) with the metadata in sorted key order.
+
+    The library writes its metadata map in a per-process order, so the same weights and
+    metadata gave other bytes from run to run; the header is written again here (tensor
+    entries and data as the library laid them out, the header padded to 8 bytes as it does).
+    """
+    from safetensors.torch import save
+
+    raw = save(tensors, metadata=metadata)
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    if "__metadata__" in header:
+        header = {"__metadata__": dict(sorted(header.pop("__metadata__").items())), **header}
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + raw[8 + n:]
 
 
 def _read_safetensors(path: Path, what: str) -> tuple[dict[str, torch.Tensor], dict]:

@@ -48,7 +48,7 @@ from ..._util.checks import (
     regular_file,
 )
 from ...errors import ConfigError
-from ..weights import LEGACY_MAGIC, WEIGHTS_SUFFIXES, read_tensors
+from ..weights import LEGACY_MAGIC, WEIGHTS_SUFFIXES, read_tensors, safetensors_bytes
 from .networks import Generator, fir_filter, generator_config
 
 WHAT = "StyleGAN2 checkpoint"  # how errors name the file
@@ -165,8 +165,6 @@ def save_safetensors(path, state_dict: Mapping[str, torch.Tensor], config: Mappi
     ``save_safetensors("x.safetensors", model.state_dict(), model.config["config"])``)
     gives a file that loads fast and carries no code at all.
     """
-    from safetensors.torch import save_file
-
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
     metadata = {"stylegan2_config": json.dumps(generator_config(config))}
     for key, value in ((LICENSE_KEY, license), (LICENSE_LINK_KEY, license_link)):
@@ -174,7 +172,7 @@ def save_safetensors(path, state_dict: Mapping[str, torch.Tensor], config: Mappi
             metadata[key] = value
     if policy is not None:
         metadata[POLICY_KEY] = json.dumps(dict(policy))
-    save_file(tensors, str(path), metadata=metadata)
+    Path(path).write_bytes(safetensors_bytes(tensors, metadata))  # same weights, same bytes
 
 
 def embed_policy(path, policy: Mapping) -> None:
