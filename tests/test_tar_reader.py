@@ -140,3 +140,14 @@ def test_writer_refuses_a_non_bytes_field_before_writing_any():
     with pytest.raises(ValueError, match="json"):
         TarSampleWriter(out, mtime=0, user="u", group="g").write({"__key__": "0", "a.jpg": b"x", "json": 3})
     assert out.getvalue() == b""
+
+
+def test_a_hand_made_negative_size_goes_to_tarfile():
+    info = tarfile.TarInfo("000000000.json")
+    info.size = 3
+    header = bytearray(info.tobuf(tarfile.USTAR_FORMAT))
+    header[124:136] = b"-0000000005\0"
+    header[148:156] = b" " * 8
+    header[148:156] = b"%06o\0 " % sum(header)
+    data = bytes(header) + b"abc".ljust(512, b"\0") + bytes(1024)
+    assert _ours(data) == _reference(data)

@@ -125,6 +125,8 @@ def _plain_header(header: bytes):
         size = int(size_field.split(b"\0", 1)[0].strip() or b"0", 8)
     except ValueError:
         return _DAMAGED
+    if size < 0:  # int() reads "-5" too: a hand-made header; tarfile decides
+        return None
     name = header[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
     prefix = header[345:500].split(b"\0", 1)[0]
     if kind == b"\0" and name.endswith("/"):  # old V7 style directory
