@@ -39,13 +39,7 @@ from pathlib import Path
 from synthviews._util.images import grid, png_bytes, to_uint8
 from synthviews.analysis.preview import preview
 from synthviews.models import load_model
-from synthviews.train.digits import (
-    NUM_CLASSES,
-    digit_classifier,
-    downsample8,
-    evaluate_generator,
-    load_digits_split,
-)
+from synthviews.train.digits import digit_classifier, evaluate_generator, score_images
 from synthviews.views import ViewSampler
 
 
@@ -106,32 +100,6 @@ def main(argv=None) -> int:
 DDPM_DIR = Path(__file__).resolve().parents[1] / "synthviews" / "weights" / "digits_ddpm"
 
 
-def score_images(images, clf, real: dict, batch: int = 250) -> dict:
-    """The anchor-level figures of ``evaluate_generator`` for images (N, 1, 32, 32) in [0, 1]: same keys, same maths."""
-    import numpy as np
-    import torch
-
-    prob = clf.predict_proba(downsample8(images).numpy())
-    shares = np.bincount(prob.argmax(1), minlength=NUM_CLASSES) / len(images)
-    flat_train = load_digits_split("train")[0].flatten(1)
-    test_x = load_digits_split("test")[0]
-
-    def nearest(x):
-        return float(torch.cat([torch.cdist(c.flatten(1), flat_train).min(1).values for c in x.split(batch)]).mean())
-
-    return {
-        "samples": len(images), **real,
-        "class_shares": [round(float(s), 4) for s in shares],
-        "classes_present": int((shares > 0).sum()),
-        "max_share_over_uniform": round(float(shares.max() * NUM_CLASSES), 3),
-        "min_share_over_uniform": round(float(shares.min() * NUM_CLASSES), 3),
-        "mean_confidence": round(float(prob.max(1).mean()), 4),
-        "share_confidence_above_0.9": round(float((prob.max(1) > 0.9).mean()), 4),
-        "nn_distance_generated_to_train": round(nearest(images), 4),
-        "nn_distance_test_to_train": round(nearest(test_x), 4),
-    }
-
-
 def ddpm_main(args) -> int:
     import diffusers
     import numpy as np
@@ -163,7 +131,7 @@ def ddpm_main(args) -> int:
               f"{sched.config.num_train_timesteps} timesteps, {sched.config.timestep_spacing} spacing, "
               f"{sched.config.variance_type} variance, clip_sample {sched.config.clip_sample}",
               "classifier": "SVC(C=10, gamma=0.001), sigmoid-calibrated, on 8x8 block means of the train split",
-              **score_images(images, clf, real),
+              "samples": len(images), **real, **score_images(images, clf)[0],
               "parameters": sum(p.numel() for p in unet.parameters()),
               "sampling_images_per_s": round(args.samples / sampling_s, 3), "threads": args.threads}
     if gan_json.is_file():

@@ -108,6 +108,33 @@ def digit_classifier():
 
 
 @torch.no_grad()
+def score_images(images: torch.Tensor, clf, batch: int = 250) -> tuple[dict, np.ndarray]:
+    """The anchor-level figures for generated digits (N, 1, 32, 32) in [0, 1] and their predicted labels:
+    class shares, top-class confidence, mean distance to the nearest training image (and the same for
+    real test images, the reference)."""
+    prob = clf.predict_proba(downsample8(images).numpy())
+    labels = prob.argmax(1)
+    shares = np.bincount(labels, minlength=NUM_CLASSES) / len(images)
+    train_x, _ = load_digits_split("train")
+    test_x, _ = load_digits_split("test")
+    flat_train = train_x.flatten(1)
+
+    def nearest(x):
+        return float(torch.cat([torch.cdist(c.flatten(1), flat_train).min(1).values for c in x.split(batch)]).mean())
+
+    return {
+        "class_shares": [round(float(s), 4) for s in shares],
+        "classes_present": int((shares > 0).sum()),
+        "max_share_over_uniform": round(float(shares.max() * NUM_CLASSES), 3),
+        "min_share_over_uniform": round(float(shares.min() * NUM_CLASSES), 3),
+        "mean_confidence": round(float(prob.max(1).mean()), 4),
+        "share_confidence_above_0.9": round(float((prob.max(1) > 0.9).mean()), 4),
+        "nn_distance_generated_to_train": round(nearest(images), 4),
+        "nn_distance_test_to_train": round(nearest(test_x), 4),
+    }, labels
+
+
+@torch.no_grad()
 def evaluate_generator(model, samples: int = 2000, seed: int = 0, group_std: float = 1.0, batch: int = 250,
                        policy=None) -> dict:
     """Score a digits MLVGM (e.g. ``load_model("digits")``) with a classifier trained on the real train split.
@@ -126,29 +153,10 @@ def evaluate_generator(model, samples: int = 2000, seed: int = 0, group_std: flo
     g = torch.Generator().manual_seed(seed)
     anchors = torch.randn(samples, model.latent_dim, generator=g)
     images = torch.cat([model.decode(model.compose(a, {})).cpu() for a in anchors.split(batch)])
-    prob = clf.predict_proba(downsample8(images).numpy())
-    labels = prob.argmax(1)
-    shares = np.bincount(labels, minlength=NUM_CLASSES) / samples
-    train_x, _ = load_digits_split("train")
-    test_x, _ = load_digits_split("test")
-    flat_train = train_x.flatten(1)
-
-    def nearest(x):
-        return float(torch.cat([torch.cdist(c.flatten(1), flat_train).min(1).values for c in x.split(batch)]).mean())
-
-    report = {
-        "samples": samples, "seed": seed, "classifier": "SVC(C=10, gamma=0.001), sigmoid-calibrated, on 8x8 block means of the train split",
-        **real,
-        "class_shares": [round(float(s), 4) for s in shares],
-        "classes_present": int((shares > 0).sum()),
-        "max_share_over_uniform": round(float(shares.max() * NUM_CLASSES), 3),
-        "min_share_over_uniform": round(float(shares.min() * NUM_CLASSES), 3),
-        "mean_confidence": round(float(prob.max(1).mean()), 4),
-        "share_confidence_above_0.9": round(float((prob.max(1) > 0.9).mean()), 4),
-        "nn_distance_generated_to_train": round(nearest(images), 4),
-        "nn_distance_test_to_train": round(nearest(test_x), 4),
-        "groups": {},
-    }
+    scores, labels = score_images(images, clf, batch)
+    report = {"samples": samples, "seed": seed,
+              "classifier": "SVC(C=10, gamma=0.001), sigmoid-calibrated, on 8x8 block means of the train split",
+              **real, **scores, "groups": {}}
     n_views = min(samples, 500)
     for group in model.groups:
         noise = torch.randn(n_views, group.size, generator=g) * group_std
