@@ -1,31 +1,55 @@
-"""The paper's experiment in miniature: SimCLR on generated digit views vs. real digits.
+"""The paper's experiment in miniature: do MI-chosen views train better encoders than real digits?
 
-The same small CNN is trained with SimCLR (NT-Xent) for the same number of
-steps and batch size on each row, then frozen and scored by a linear probe
-(logistic regression) trained on the real train split and tested on the real
-test split of scikit-learn's digits (:mod:`synthviews.train.digits`):
+The same small CNN is trained with a contrastive loss for the same number of
+steps, batch size and images per step on each row's data, then frozen and
+scored on real digits (scikit-learn's, :mod:`synthviews.train.digits`) by
+probes that are not saturated:
 
-  (a) real digits (train split, 1,347 images), two T_x ``simclr`` views
-  (b) synthetic anchors only (the anchors of the (d) shards), two T_x ``simclr`` views
-  (c) GenRep-like: every latent group perturbed with one small std, + T_x ``simclr`` (shards)
-  (d) the MI-chosen per-group policy (the digits model's default) + T_x ``no_color``, read from
-      shards written by ``synthviews generate``
-  (e) the same policy by continuous sampling (ContinuousViews: fresh views every step)
-  (f) a random-init encoder (no training)
-  (g) row (d) with T_x ``simclr``: latent perturbation of these grey digits varies
-      stroke and shape but not brightness or contrast, which ``no_color`` drops
+- few-label linear probes: 1, 5 and 10 labels per class, each the mean of 20
+  fixed label draws (the same draws for every row and seed); features are
+  standardised with the whole labelled pool's statistics (no labels needed);
+- the full-label linear probe (logistic regression) and cosine 20-NN.
 
-The generator is the built-in ``digits`` StyleGAN2, which never saw the test
-split. Rows (b)-(d) and (g) read shards through ShardViews and apply T_x to whole
-batches in the training loop (as one would on a GPU; per-sample T_x in the
-dataset costs ~2 ms a view on CPU); (e) uses ContinuousViews, whose T_x is
-batched already. Every T_x is a synthviews preset at 32 px.
+``--split val`` (the default) fits probes on the ``fit`` split and scores the
+``val`` split: every choice (policy rule, T_x, steps, temperature) is made
+there. ``--split test`` fits on all of ``train`` and scores ``test``: run once,
+for the final table. Self-supervised training never sees a label: row (a)
+reads the whole train split's images, and the generator was trained on them.
 
-    python benchmarks/ssl_digits.py              # the full table, ~28 min on 2 CPU cores
-    python benchmarks/ssl_digits.py --quick      # every row, tiny settings, ~30 s
+Rows (the paper's, with the digits StyleGAN2; every generated row has the same
+5,000 anchors, stored with K positives by ``synthviews generate``):
 
-Prints a markdown table and writes OUT/results.json and OUT/results.md
-(default OUT: benchmarks/results/ssl_digits, or a temporary folder with --quick).
+  (a) real: the train split's images, two T_x views
+  (b) anchors: synthetic anchors only, two T_x views of each
+  (c) genrep: GenRep-like, every latent group perturbed with one small std
+  (d) copgen: COP-Gen-like, one learned walker on all groups
+  (e) chunks_random: the MI-chosen per-group Gaussian policy
+  (f) chunks_learned: one learned walker per group the analysis says to perturb
+  (g) continuous: (e)'s policy by continuous sampling (ContinuousViews)
+  (h) multipos: (e)'s shards, all 1 + K stored views of an anchor at once, StableRep's
+      multi-positive loss (half the anchors per step, so the same images per step)
+  (r) random_init: an untrained encoder (a floor)
+
+Walkers are trained by ``synthviews.analysis.walkers.train_walker`` (a minimax
+game without COP-Gen's semantic-consistency constraint, so they learn to move
+as far as they can) and then rescaled to the step length of the MI-chosen
+policy (the mean latent distance of its positives, per group; for the
+all-groups walker, of all groups together): the rows then compare learned
+directions with per-group Gaussian noise at the same step length.
+
+Statistics: paired differences against rows (a) and (b), matched by training
+seed (same initial weights and T_x draws) and label draw, with 95% bootstrap
+intervals resampling seeds and label draws; a difference is significant when
+its interval excludes 0. The primary metric, fixed before any run, is the
+5-labels-per-class probe.
+
+    python benchmarks/ssl_digits.py --split test        # the final table, ~55 min on 2 CPU cores
+    python benchmarks/ssl_digits.py --rows ae --seeds 3 # a validation comparison
+    python benchmarks/ssl_digits.py --quick             # every row, tiny settings, < 5 min
+    python benchmarks/ssl_digits.py --compare e BASE/results.json OTHER/results.json  # paired, row (e)
+
+Writes OUT/results.json and OUT/results.md (default OUT:
+benchmarks/results/ssl_digits/SPLIT, or a temporary folder with --quick).
 Needs scikit-learn.
 """
 
@@ -33,17 +57,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import shutil
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from synthviews.data import ContinuousViews, ShardViews, loader
@@ -51,19 +76,28 @@ from synthviews.data.augment import Augment
 from synthviews.models import load_model
 from synthviews.policies import resolve_policy
 from synthviews.store.writer import generate
-from synthviews.train.digits import NUM_CLASSES, load_digits_split
+from synthviews.train.contrastive import multi_positive, nt_xent
+from synthviews.train.digits import NUM_CLASSES, digit_classifier, downsample8, load_digits_split
 
 ROWS = {
-    "a": "real digits + T_x simclr",
-    "b": "synthetic anchors only + T_x simclr",
-    "c": "GenRep-like (every group, std {genrep_std}) + T_x simclr",
-    "d": "MI policy + T_x {mi_t_x}, shards",
-    "e": "MI policy + T_x {mi_t_x}, continuous",
-    "f": "random-init encoder",
-    "g": "MI policy + T_x simclr, shards (row d with simclr's colour jitter)",
+    "a": ("real", "real digits"),
+    "b": ("anchors", "synthetic anchors only"),
+    "c": ("genrep", "GenRep-like: every group, std {genrep_std}"),
+    "d": ("copgen", "COP-Gen-like: one learned walker on all groups"),
+    "e": ("chunks_random", "MI-chosen per-group policy (chunks_random)"),
+    "f": ("chunks_learned", "learned walkers on {learned_groups} (chunks_learned)"),
+    "g": ("continuous", "MI policy, continuous sampling"),
+    "h": ("multipos", "MI policy, all 1+K views, multi-positive loss"),
+    "r": ("random_init", "random-init encoder (no training)"),
 }
+SHARDS = {"b": "mi", "c": "genrep", "d": "copgen", "e": "mi", "f": "learned", "h": "mi"}
 SIZE = 32  # T_x output side: the images' own size
 KNN = 20
+FEW = (1, 5, 10)    # labels per class
+DRAWS = 20          # label draws per few-label probe
+PRIMARY = "few5"
+METRICS = ("few1", "few5", "few10", "linear", "knn")
+POOL = {"val": ("fit", "val"), "test": ("train", "test")}  # split -> (labelled pool, scored split)
 
 
 class Encoder(nn.Module):
@@ -83,18 +117,10 @@ class Encoder(nn.Module):
         return self.features(x).mean(dim=(2, 3))
 
 
-def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
-    """SimCLR's loss: each view must pick its partner among the 2B - 1 other views."""
-    z = F.normalize(torch.cat([z1, z2]), dim=1)
-    logits = z @ z.T / temperature
-    logits.fill_diagonal_(float("-inf"))
-    n = z1.shape[0]
-    target = torch.cat([torch.arange(n, 2 * n), torch.arange(n)])
-    return F.cross_entropy(logits, target)
-
+# --- the data of each row -------------------------------------------------------
 
 def real_views(steps: int, batch: int, seed: int):
-    """Row (a): epochs over the real train split in a seeded order; each image twice (T_x makes the views)."""
+    """Row (a): epochs over the train split's images in a seeded order; each image twice (T_x makes the views)."""
     images, _ = load_digits_split("train", SIZE)
     rng = np.random.default_rng(seed)
     order, pos = rng.permutation(len(images)), 0
@@ -126,6 +152,34 @@ def looped(make_loader, steps: int):
         epoch += 1
 
 
+def multipos_anchors(args) -> int:
+    """Anchors per step of row (h): the pair rows' images per step (2 x batch) over 1 + K views."""
+    return max(2, 2 * args.batch // (1 + args.positives))
+
+
+def row_batches(row: str, args, seed: int, work: Path):
+    t_x = Augment(args.t_x, size=SIZE)
+    if row == "a":
+        return augmented(real_views(args.steps, args.batch, seed), Augment(args.real_t_x, size=SIZE), seed)
+    if row == "g":
+        model = load_model("digits")
+        ds = ContinuousViews(model, resolve_policy(args.policy, model), crops=2,
+                             epoch_samples=args.steps * args.batch, batch_size=args.batch,
+                             seed=10_000 + seed, device="cpu", t_x=args.t_x, t_x_size=SIZE)
+        return looped(lambda: loader(ds), args.steps)
+    folder = work / SHARDS[row]
+    if row == "h":
+        n, views = multipos_anchors(args), list(range(1 + args.positives))
+        make = lambda: loader(ShardViews(folder, pairs=views, seed=seed, batch_size=n), batch_size=n)  # noqa: E731
+    else:
+        pairs = [0, 0] if row == "b" else "anchor+random"
+        make = lambda: loader(ShardViews(folder, pairs=pairs, seed=seed, batch_size=args.batch),  # noqa: E731
+                              batch_size=args.batch)
+    return augmented(looped(make, args.steps), t_x, seed)
+
+
+# --- training and probes ------------------------------------------------------
+
 def train(batches, args, seed: int) -> tuple[Encoder, float]:
     torch.manual_seed(seed)
     encoder = Encoder(args.width)
@@ -136,7 +190,11 @@ def train(batches, args, seed: int) -> tuple[Encoder, float]:
     encoder.train(), head.train()
     losses = []
     for views in batches:
-        loss = nt_xent(head(encoder(views[0])), head(encoder(views[1])), args.temperature)
+        z = head(encoder(torch.cat(views)))
+        if len(views) == 2:
+            loss = nt_xent(*z.chunk(2), args.temperature)
+        else:
+            loss = multi_positive(z, len(views), args.temperature)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -150,53 +208,175 @@ def train(batches, args, seed: int) -> tuple[Encoder, float]:
 @torch.no_grad()
 def features(encoder: Encoder, images: torch.Tensor) -> np.ndarray:
     plain = Augment("none", size=SIZE, crop_fraction=1.0)  # only the normalisation the views had
-    return torch.cat([encoder(plain(x)) for x in images.split(512)]).numpy()
+    return torch.cat([encoder(plain(x)) for x in images.split(512)]).numpy().astype(np.float64)
 
 
-def evaluate(encoder: Encoder) -> dict:
-    """Frozen features of the real splits, scored two ways on the real test split.
+def label_draws(labels: np.ndarray, per_class: int) -> list[np.ndarray]:
+    """DRAWS fixed index sets with ``per_class`` labelled images of every class: the same for every row."""
+    out = []
+    for d in range(DRAWS):
+        rng = np.random.default_rng([per_class, d])
+        out.append(np.concatenate([rng.choice(np.flatnonzero(labels == c), per_class, replace=False)
+                                   for c in range(NUM_CLASSES)]))
+    return out
 
-    ``linear``: a logistic regression on standardised features of the train split (the protocol);
-    ``knn``: cosine 20-nearest-neighbour vote among train features (no fitting, more sensitive to
-    how the representation clusters).
-    """
+
+def evaluate(encoder: Encoder, split: str) -> dict:
+    """Frozen features scored on ``split``'s held-out images (see the module docstring)."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
-    (xtr, ytr), (xte, yte) = load_digits_split("train", SIZE), load_digits_split("test", SIZE)
-    ftr, fte, ytr, yte = features(encoder, xtr), features(encoder, xte), ytr.numpy(), yte.numpy()
-    probe = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=5000))
-    probe.fit(ftr, ytr)
-    linear = float((probe.predict(fte) == yte).mean())
-    ntr, nte = (f / np.linalg.norm(f, axis=1, keepdims=True).clip(1e-12) for f in (ftr, fte))
-    neighbours = np.argsort(-(nte @ ntr.T), axis=1, kind="stable")[:, :KNN]
-    votes = np.apply_along_axis(np.bincount, 1, ytr[neighbours], minlength=NUM_CLASSES)
-    return {"linear": linear, "knn": float((votes.argmax(1) == yte).mean())}
+    (xp, yp), (xe, ye) = (load_digits_split(s, SIZE) for s in POOL[split])
+    fp, fe, yp, ye = features(encoder, xp), features(encoder, xe), yp.numpy(), ye.numpy()
+    mean, std = fp.mean(0), fp.std(0) + 1e-8   # label-free standardisation by the whole pool
+    sp, se = (fp - mean) / std, (fe - mean) / std
+    scores = {}
+    for n in FEW:
+        accs = []
+        for idx in label_draws(yp, n):
+            probe = LogisticRegression(C=1.0, max_iter=2000).fit(sp[idx], yp[idx])
+            accs.append(float((probe.predict(se) == ye).mean()))
+        scores[f"few{n}"] = accs
+    probe = LogisticRegression(C=0.1, max_iter=5000).fit(sp, yp)
+    scores["linear"] = [float((probe.predict(se) == ye).mean())]
+    npool, neval = (f / np.linalg.norm(f, axis=1, keepdims=True).clip(1e-12) for f in (fp, fe))
+    neighbours = np.argsort(-(neval @ npool.T), axis=1, kind="stable")[:, :KNN]
+    votes = np.apply_along_axis(np.bincount, 1, yp[neighbours], minlength=NUM_CLASSES)
+    scores["knn"] = [float((votes.argmax(1) == ye).mean())]
+    return scores
 
 
-def make_shards(work: Path, model, policy, args) -> None:
-    """The offline datasets: (d) the MI policy and (c) the GenRep-like policy, 1 anchor + 2 positives each."""
-    for name, pol in (("mi", policy), ("genrep", {"kind": "gaussian", "default": {"std": args.genrep_std}})):
-        if "c" in args.rows or name == "mi":
-            generate(work / name, model, pol, samples=args.anchors, views=2, seed=args.data_seed,
-                     shard_size=max(1, args.anchors // 8), batch_size=256, device="cpu", workers=1)
+def run_one(row: str, seed: int, args, work: str) -> dict:
+    """One (row, seed): train (unless random_init) and probe; runs in a worker process with one thread."""
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    if row == "r":
+        torch.manual_seed(seed)
+        encoder, loss = Encoder(args.width).eval(), None
+    else:
+        encoder, loss = train(row_batches(row, args, seed, Path(work)), args, seed)
+    scores = evaluate(encoder, args.split)
+    return {"row": row, "seed": seed, "scores": scores, "final_loss": loss,
+            "seconds": round(time.perf_counter() - t0, 1)}
 
 
-def row_batches(row: str, args, seed: int, work: Path, model, policy):
-    if row == "a":
-        return augmented(real_views(args.steps, args.batch, seed), Augment("simclr", size=SIZE), seed)
-    if row in "bcdg":
-        folder, pairs, t_x = {"b": ("mi", [0, 0], "simclr"), "c": ("genrep", "anchor+random", "simclr"),
-                              "d": ("mi", "anchor+random", args.mi_t_x), "g": ("mi", "anchor+random", "simclr")}[row]
-        views = looped(lambda: loader(ShardViews(work / folder, pairs=pairs, seed=seed, batch_size=args.batch),
-                                      batch_size=args.batch), args.steps)
-        return augmented(views, Augment(t_x, size=SIZE), seed)
-    if row == "e":
-        ds = ContinuousViews(model, policy, crops=2, epoch_samples=args.steps * args.batch, batch_size=args.batch,
-                             seed=10_000 + seed, device="cpu", t_x=args.mi_t_x, t_x_size=SIZE)
-        return looped(lambda: loader(ds), args.steps)
-    raise ValueError(row)
+# --- generated data: walkers and shards ------------------------------------------
+
+def policy_deltas(policy, model) -> dict[str, float]:
+    """Mean latent distance per group of a policy's positives (``model.group_code``, truncation included)."""
+    from synthviews.views import ViewSampler
+
+    deltas = ViewSampler(model, policy, views=4, seed=12_345).latents(range(512)).deltas  # (B, K, G)
+    return {g.name: float(deltas[:, :, i].mean()) for i, g in enumerate(model.groups)}
+
+
+def rescaled_walker(src: Path, dst: Path, target: float) -> float:
+    """Copy of a walker checkpoint whose output is scaled so its mean step length is ``target``; the factor."""
+    from synthviews.policies.walker import load_walker, save_walker
+
+    walker, meta = load_walker(src)
+    factor = target / meta["metrics"]["delta_mean"]
+    with torch.no_grad():
+        walker.net[2].weight.mul_(factor)
+        walker.net[2].bias.mul_(factor)
+    save_walker(dst, walker, {**meta, "rescaled_by": factor})
+    return factor
+
+
+def train_one_walker(groups: list[str], out: str, quick: bool, threads: int) -> dict:
+    """The walker of ``groups`` with the default settings (``quick``: a few steps, for the smoke run)."""
+    from synthviews.analysis.walkers import WalkerSettings, train_walker
+
+    settings = (WalkerSettings(steps=10, batch=32, warmup=2, eval_every=5, eval_pairs=64) if quick
+                else WalkerSettings())
+    return train_walker(load_model("digits"), groups, out, settings, device="cpu", resume=False, threads=threads)
+
+
+def make_walker_policies(work: Path, model, policy, args, pool) -> dict:
+    """Train the walkers rows (d) and (f) need, rescale them to the MI policy's step, and return the policies."""
+    deltas = policy_deltas(policy, model)
+    jobs = {}
+    if "d" in args.rows:
+        jobs["all"] = [g.name for g in model.groups]
+    if "f" in args.rows:
+        for g in args.learned_groups:
+            jobs[g] = [g]
+    futures = {name: pool.submit(train_one_walker, groups, str(work / f"walker_{name}.pt"), args.quick,
+                                       args.threads)
+               for name, groups in jobs.items()}
+    info, policies = {}, {}
+    for name, fut in futures.items():
+        fut.result()
+        groups = jobs[name]
+        target = float(np.sqrt(sum(deltas[g] ** 2 for g in groups)))
+        factor = rescaled_walker(work / f"walker_{name}.pt", work / f"walker_{name}_rescaled.pt", target)
+        info[name] = {"groups": groups, "target_step": round(target, 3), "rescaled_by": round(factor, 4)}
+    scale = list(args.walker_scale)
+    if "d" in args.rows:
+        policies["copgen"] = {"kind": "walker", "walkers": [str(work / "walker_all_rescaled.pt")], "scale": scale}
+    if "f" in args.rows:
+        policies["learned"] = {"kind": "walker", "scale": scale,
+                               "walkers": [str(work / f"walker_{g}_rescaled.pt") for g in args.learned_groups]}
+    return {"policies": policies, "walkers": info, "policy_deltas": {k: round(v, 3) for k, v in deltas.items()}}
+
+
+def make_shards(work: Path, model, policies: dict, args) -> None:
+    """One shard set per needed policy, same anchors (data seed), 1 + K images each."""
+    for name, pol in policies.items():
+        generate(work / name, model, pol, samples=args.anchors, views=args.positives, seed=args.data_seed,
+                 shard_size=max(1, args.anchors // 8), batch_size=256, device="cpu", workers=1)
+
+
+@torch.no_grad()
+def class_kept(folder: Path, k: int, clf, anchors: int = 500) -> float:
+    """How often one of the K stored positives gets its anchor's class from the real-data classifier (a
+    diagnostic)."""
+    kept, n = [], 0
+    for views, _ in loader(ShardViews(folder, pairs=list(range(1 + k)), seed=0, batch_size=100, shuffle=0),
+                           batch_size=100):
+        labels = [clf.predict(downsample8(v).numpy()) for v in views]
+        kept += [labels[v] == labels[0] for v in range(1, len(labels))]
+        n += len(views[0])
+        if n >= anchors:
+            break
+    return round(float(np.mean(np.concatenate(kept))), 4)
+
+
+# --- statistics -----------------------------------------------------------------
+
+def paired_ci(row: np.ndarray, ref: np.ndarray, resamples: int = 10_000, seed: int = 0) -> dict:
+    """Mean of row - ref (both (seeds, draws), paired) and its 95% bootstrap interval over seeds x draws."""
+    diff = row - ref
+    s, d = diff.shape
+    rng = np.random.default_rng(seed)
+    cs = np.stack([np.bincount(r, minlength=s) for r in rng.integers(0, s, (resamples, s))])
+    cd = np.stack([np.bincount(r, minlength=d) for r in rng.integers(0, d, (resamples, d))])
+    means = np.einsum("bs,sd,bd->b", cs, diff, cd) / (s * d)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return {"diff": float(diff.mean()), "lo": float(lo), "hi": float(hi), "significant": bool(lo > 0 or hi < 0)}
+
+
+def summarise(result: dict) -> None:
+    """Per row: mean and std over seeds of each metric; paired differences against (a) and (b)."""
+    runs = result["runs"]
+    matrix = {row: {m: np.array([runs[row][s]["scores"][m] for s in sorted(runs[row], key=int)])
+                    for m in METRICS} for row in runs}
+    for row, per_metric in matrix.items():
+        entry = result["rows"][row]
+        for m, values in per_metric.items():
+            per_seed = values.mean(1)
+            entry[m] = {"mean": float(per_seed.mean()),
+                        "std": float(per_seed.std(ddof=1)) if len(per_seed) > 1 else 0.0,
+                        "per_seed": [round(float(v), 4) for v in per_seed]}
+        entry["vs"] = {}
+        for ref in ("a", "b"):
+            if ref in matrix and ref != row and len(per_metric[PRIMARY]) == len(matrix[ref][PRIMARY]):
+                entry["vs"][ref] = {m: paired_ci(per_metric[m], matrix[ref][m]) for m in METRICS}
+
+
+# --- the run --------------------------------------------------------------------
+
+def row_name(row: str, args) -> str:
+    return ROWS[row][1].format(genrep_std=args.genrep_std, learned_groups=",".join(args.learned_groups))
 
 
 def run(args) -> dict:
@@ -206,97 +386,168 @@ def run(args) -> dict:
     model = load_model("digits")
     policy = resolve_policy(args.policy, model)
     result = {"settings": {k: v for k, v in vars(args).items() if k != "out"},
-              "policy_mi": policy.to_dict(), "model_id": model.model_id,
+              "policy_mi": policy.to_dict(), "model_id": model.model_id, "primary": PRIMARY,
               "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
-              "rows": {}, "seconds": {}}
+              "rows": {r: {"key": ROWS[r][0], "name": row_name(r, args)} for r in args.rows},
+              "runs": {r: {} for r in args.rows}, "seconds": {}}
     start = time.perf_counter()
+    ctx = multiprocessing.get_context("spawn")
     try:
-        if set(args.rows) & set("bcdg"):
-            t0 = time.perf_counter()
-            make_shards(work, model, policy, args)
-            result["seconds"]["shards"] = round(time.perf_counter() - t0, 1)
-            print(f"shards: {result['seconds']['shards']} s", flush=True)
-        for row in args.rows:
-            scores, losses, t0 = [], [], time.perf_counter()
-            for k in range(args.seeds):
-                seed = args.seed + k
-                if row == "f":
-                    torch.manual_seed(seed)
-                    encoder, loss = Encoder(args.width).eval(), None
-                else:
-                    encoder, loss = train(row_batches(row, args, seed, work, model, policy), args, seed)
-                scores.append(evaluate(encoder))
-                losses.append(loss)
-                print(f"  ({row}) seed {seed}: linear {100 * scores[-1]['linear']:.2f}%  "
-                      f"kNN {100 * scores[-1]['knn']:.2f}%  final loss {loss if loss is None else round(loss, 3)}",
-                      flush=True)
-            entry = {"name": ROWS[row].format(genrep_std=args.genrep_std, mi_t_x=args.mi_t_x), "final_loss": losses}
-            for metric in ("linear", "knn"):
-                values = [sc[metric] for sc in scores]
-                entry[metric] = {"top1": values, "mean": float(np.mean(values)),
-                                 "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
-            result["rows"][row] = entry
-            result["seconds"][row] = round(time.perf_counter() - t0, 1)
-            print(f"({row}) {entry['name']}: linear {100 * entry['linear']['mean']:.2f}%, "
-                  f"kNN {100 * entry['knn']['mean']:.2f}% ({result['seconds'][row]} s)", flush=True)
+        with ProcessPoolExecutor(args.jobs, mp_context=ctx) as pool:
+            policies = {}
+            if set(args.rows) & set("beh"):
+                policies["mi"] = policy
+            if "c" in args.rows:
+                policies["genrep"] = {"kind": "gaussian", "default": {"std": args.genrep_std}}
+            if set(args.rows) & set("df"):
+                t0 = time.perf_counter()
+                walkers = make_walker_policies(work, model, policy, args, pool)
+                policies.update(walkers.pop("policies"))
+                result["walkers"] = walkers
+                result["seconds"]["walkers"] = round(time.perf_counter() - t0, 1)
+                print(f"walkers: {result['seconds']['walkers']} s {walkers}", flush=True)
+            if policies:
+                t0 = time.perf_counter()
+                make_shards(work, model, policies, args)
+                result["seconds"]["shards"] = round(time.perf_counter() - t0, 1)
+                clf, _ = digit_classifier()
+                result["class_kept"] = {name: class_kept(work / name, args.positives, clf) for name in policies}
+                print(f"shards: {result['seconds']['shards']} s; class kept {result['class_kept']}", flush=True)
+            tasks = [(row, args.seed + k) for k in range(args.seeds) for row in args.rows]
+            futures = [pool.submit(run_one, row, seed, args, str(work)) for row, seed in tasks]
+            for fut in futures:
+                r = fut.result()
+                result["runs"][r["row"]][str(r["seed"])] = r
+                print(f"  ({r['row']}) seed {r['seed']}: " + "  ".join(
+                    f"{m} {100 * np.mean(r['scores'][m]):.2f}" for m in METRICS) +
+                    f"  loss {r['final_loss'] if r['final_loss'] is None else round(r['final_loss'], 3)}"
+                    f"  {r['seconds']} s", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result["seconds"]["total"] = round(time.perf_counter() - start, 1)
+    summarise(result)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
     (out / "results.md").write_text(table(result) + "\n")
     return result
 
 
+def _cell(entry: dict, m: str) -> str:
+    return f"{100 * entry[m]['mean']:.2f} +- {100 * entry[m]['std']:.2f}"
+
+
+def _diff(ci: dict) -> str:
+    text = f"{100 * ci['diff']:+.2f} [{100 * ci['lo']:+.2f}, {100 * ci['hi']:+.2f}]"
+    return f"**{text}**" if ci["significant"] else text
+
+
 def table(result: dict) -> str:
     s = result["settings"]
-    lines = [f"SimCLR on digits: {s['steps']} steps x batch {s['batch']}, {s['seeds']} seeds; frozen features of "
-             f"the real train split, top-1 on the real test split (450 images, {NUM_CLASSES} classes): linear "
-             f"probe (logistic regression) and cosine {KNN}-NN.", "",
-             "| row | training data | linear top-1 % | kNN top-1 % | seconds |", "|---|---|---|---|---|"]
+    pool, scored = POOL[s["split"]]
+    kept = result.get("class_kept", {})
+    lines = [f"Contrastive training on digits: {s['steps']} steps x {2 * s['batch']} images, {s['seeds']} seeds "
+             f"(temperature {s['temperature']}, T_x {s['t_x']} on generated rows, {s['real_t_x']} on real); frozen "
+             f"features, probes fit on `{pool}` and scored on `{scored}`: top-1 % with 1 / 5 / 10 labels per class "
+             f"(mean of {DRAWS} draws), all labels (logistic regression) and cosine {KNN}-NN. Primary metric: "
+             f"{PRIMARY}.", "",
+             "| row | training data | 1 label | 5 labels | 10 labels | all labels | kNN | class kept |",
+             "|---|---|---|---|---|---|---|---|"]
     for row, r in result["rows"].items():
-        cells = [f"{100 * r[m]['mean']:.2f} +- {100 * r[m]['std']:.2f}" for m in ("linear", "knn")]
-        lines.append(f"| ({row}) | {r['name']} | {cells[0]} | {cells[1]} | {result['seconds'][row]} |")
-    lines += ["", f"Mean +- sample std over seeds. Total {result['seconds']['total']} s on {result['machine']}."]
+        k = kept.get(SHARDS.get(row, "mi" if row == "g" else ""), None)
+        k = "-" if row in "abr" or k is None else f"{100 * k:.1f}%"
+        lines.append(f"| ({row}) | {r['name']} | " + " | ".join(_cell(r, m) for m in METRICS) + f" | {k} |")
+    for ref in ("a", "b"):
+        rows = [(row, r) for row, r in result["rows"].items() if ref in r.get("vs", {})]
+        if not rows:
+            continue
+        lines += ["", f"Paired difference vs ({ref}), points, 95% bootstrap interval over seeds x label draws "
+                      "(bold: excludes 0):", "",
+                  "| row | 1 label | 5 labels | 10 labels | all labels | kNN |", "|---|---|---|---|---|---|"]
+        for row, r in rows:
+            lines.append(f"| ({row}) | " + " | ".join(_diff(r["vs"][ref][m]) for m in METRICS) + " |")
+    lines += ["", f"Mean +- sample std over seeds. Class kept: share of stored positives the real-data SVM gives "
+                  f"the anchor's class ((g) uses (e)'s policy). Total {result['seconds']['total']} s on "
+                  f"{result['machine']} ({s['jobs']} jobs x {s['threads']} thread)."]
+    return "\n".join(lines)
+
+
+def compare(paths: list[str], row: str) -> str:
+    """Row ``row`` of several runs (results.json files with the same seeds) against the first, paired by seed
+    and label draw: how the validation choices were made."""
+    results = [json.loads(Path(p).read_text()) for p in paths]
+    mats = []
+    for path, r in zip(paths, results):
+        runs = r["runs"].get(row)
+        if not runs:
+            raise SystemExit(f"{path}: no row ({row})")
+        mats.append({m: np.array([runs[k]["scores"][m] for k in sorted(runs, key=int)]) for m in METRICS})
+    lines = [f"Row ({row}) of each run vs the first: mean top-1 % (paired difference, 95% bootstrap interval; "
+             "bold: excludes 0).", "", "| run | class kept | 1 label | 5 labels | 10 labels | all labels | kNN |",
+             "|---|---|---|---|---|---|---|"]
+    for path, r, mat in zip(paths, results, mats):
+        kept = None if row in "abr" else r.get("class_kept", {}).get(SHARDS.get(row, "mi"))
+        cells = [f"{100 * mat[m].mean():.2f}" + ("" if mat is mats[0] else f" ({_diff(paired_ci(mat[m], mats[0][m]))})")
+                 for m in METRICS]
+        name = Path(path).parent.name
+        lines.append(f"| {name} | {'-' if kept is None else f'{100 * kept:.1f}%'} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="tiny settings for a smoke run (~30 s)")
-    p.add_argument("--out", help="results folder (default: benchmarks/results/ssl_digits; --quick: a temp folder)")
-    p.add_argument("--rows", default="abcdefg", help="rows to run, e.g. 'ad' (default: abcdefg)")
-    p.add_argument("--steps", type=int, help="SimCLR steps per run (default: 400; --quick 20)")
-    p.add_argument("--batch", type=int, help="anchors per step (default: 128; --quick 32)")
-    p.add_argument("--seeds", type=int, help="training seeds per row (default: 3; --quick 1)")
+    p.add_argument("--quick", action="store_true", help="tiny settings for a smoke run (< 5 min)")
+    p.add_argument("--split", default="val", choices=sorted(POOL),
+                   help="val: probes fit on `fit`, scored on `val` (for choices; default); test: the final table")
+    p.add_argument("--out", help="results folder (default: benchmarks/results/ssl_digits/SPLIT; --quick: a temp folder)")
+    p.add_argument("--rows", default="".join(ROWS), help=f"rows to run, e.g. 'abe' (default: {''.join(ROWS)})")
+    p.add_argument("--steps", type=int, help="training steps per run (default: 300; --quick 20)")
+    p.add_argument("--batch", type=int, help="anchors per step of the pair rows (default: 128; --quick 32)")
+    p.add_argument("--seeds", type=int, help="training seeds per row (default: 5; --quick 2)")
     p.add_argument("--seed", type=int, default=0, help="first training seed (default: 0)")
-    p.add_argument("--anchors", type=int, help="anchors in the generated shards (default: 5000; --quick 256)")
+    p.add_argument("--anchors", type=int, help="anchors in the generated shards (default: 5000; --quick 64)")
+    p.add_argument("--positives", type=int, default=3, help="stored positives per anchor, K (default: 3)")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the generated shards (default: 0)")
-    p.add_argument("--policy", help="policy of rows (d), (e), (g) and of (b)'s anchors' shards "
-                                    "(default: the digits model's MI-chosen default)")
-    p.add_argument("--mi-t-x", default="no_color", choices=["no_color", "simclr", "no_crop", "none"],
-                   help="T_x of rows (d)/(e) (default: no_color, the paper's choice with latent perturbation)")
+    p.add_argument("--policy", help="policy of rows (e), (g), (h), of the walkers' step length and of (b)'s "
+                                    "anchors' shards (default: the digits model's MI-chosen default)")
+    p.add_argument("--t-x", default="simclr", choices=["no_color", "simclr", "no_crop", "none"],
+                   help="T_x of the generated rows (default: simclr, chosen on validation)")
+    p.add_argument("--real-t-x", default="simclr", choices=["no_color", "simclr", "no_crop", "none"],
+                   help="T_x of row (a) (default: simclr, SimCLR's)")
     p.add_argument("--genrep-std", type=float, default=0.2, help="row (c)'s std on every group (default: 0.2)")
+    p.add_argument("--learned-groups", default="2_4,4_6,6_8",
+                   help="groups of row (f)'s walkers, one each (default: 2_4,4_6,6_8: the groups the digits "
+                        "analysis does not call semantic)")
+    p.add_argument("--walker-scale", type=float, nargs=2, default=(0.5, 1.5), metavar=("LO", "HI"),
+                   help="per-view step scale of the walker rows, after rescaling (default: 0.5 1.5)")
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate, one-cycle (default: 2e-3)")
-    p.add_argument("--temperature", type=float, default=0.2, help="NT-Xent temperature (default: 0.2)")
+    p.add_argument("--temperature", type=float, default=0.1,
+                   help="contrastive temperature (default: 0.1, chosen on validation from 0.1, 0.2, 0.5)")
     p.add_argument("--width", type=int, default=32, help="encoder base width (default: 32)")
-    p.add_argument("--threads", type=int, help="torch threads (default: all CPUs; --quick 1: with other "
-                                                 "jobs on a 2-core machine, 2 threads ran 6x slower)")
+    p.add_argument("--jobs", type=int, help="worker processes (default: the CPU count; --quick 2)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per worker (default: 1)")
     args = p.parse_args(argv)
-    quick = {"steps": 20, "batch": 32, "seeds": 1, "anchors": 256, "threads": 1}
-    full = {"steps": 400, "batch": 128, "seeds": 3, "anchors": 5000, "threads": os.cpu_count() or 1}
+    quick = {"steps": 20, "batch": 32, "seeds": 2, "anchors": 64, "jobs": 2}
+    full = {"steps": 300, "batch": 128, "seeds": 5, "anchors": 5000, "jobs": os.cpu_count() or 1}
     for key, value in (quick if args.quick else full).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     if args.out is None:
-        args.out = tempfile.mkdtemp(prefix="ssl_digits_quick_") if args.quick else "benchmarks/results/ssl_digits"
+        args.out = (tempfile.mkdtemp(prefix="ssl_digits_quick_") if args.quick
+                    else f"benchmarks/results/ssl_digits/{args.split}")
     if not set(args.rows) <= set(ROWS) or not args.rows:
         p.error(f"--rows takes letters from {''.join(ROWS)}, got {args.rows!r}")
     args.rows = "".join(r for r in ROWS if r in args.rows)
+    args.learned_groups = [g for g in args.learned_groups.split(",") if g]
     return args
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--compare"]:  # --compare ROW RESULTS.json RESULTS.json ...
+        if len(argv) < 4:
+            raise SystemExit("usage: ssl_digits.py --compare ROW BASE/results.json OTHER/results.json ...")
+        print(compare(argv[2:], argv[1]))
+        return 0
     args = parse(argv)
     result = run(args)
     print()

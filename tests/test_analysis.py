@@ -269,7 +269,7 @@ def test_settings_fields_carry_their_cli_help():
 
     fields = {f.name: f.metadata["setting"] for f in described_fields(Settings)}
     assert set(fields) == {"stds", "truncation", "pairs", "eval_pairs", "batch", "eval_batch", "steps", "seeds",
-                           "seed", "critic", "resolution", "lr"}
+                           "seed", "critic", "resolution", "lr", "critic_t_x"}
     assert fields["resolution"]["flag"] == "--critic-resolution" and fields["critic"]["choices"] == ("small", "resnet18")
     assert all(meta["help"] and "default" not in meta["help"] for meta in fields.values())
     assert fields["stds"]["type"] is parse_floats and fields["truncation"]["type"] is parse_truncation

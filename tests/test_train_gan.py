@@ -53,8 +53,16 @@ def test_split_is_fixed_disjoint_and_stratified():
     for part in ("train", "test"):
         share = np.bincount(labels[a[part]], minlength=10) / len(a[part])
         assert np.abs(share - overall).max() < 0.01  # stratified: class shares as in the whole set
+    # the validation split partitions train, stratified too
+    assert len(a["fit"]) == 1010 and len(a["val"]) == 337 and not set(a["fit"]) & set(a["val"])
+    assert sorted(np.concatenate([a["fit"], a["val"]])) == sorted(a["train"])
+    for part in ("fit", "val"):
+        share = np.bincount(labels[a[part]], minlength=10) / len(a[part])
+        assert np.abs(share - overall).max() < 0.015
+    assert load_digits_split("val", 8)[0].shape == (337, 1, 8, 8)
     # a pinned fingerprint: the split must never change silently
-    assert a["test"][:5].tolist() == b["test"][:5].tolist()
+    assert a["test"][:5].tolist() == [1364, 1579, 1023, 1176, 1151]
+    assert a["val"][:5].tolist() == [1316, 334, 825, 398, 319]
 
 
 def test_digits_images_and_labels():

@@ -12,6 +12,7 @@ reference architecture for GPU runs. Both see the same inputs.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,10 @@ from torch import nn
 from ..errors import ConfigError
 
 CRITICS = ("small", "resnet18")
+
+# An optional view transform of critic inputs: (inputs, index, side) -> inputs of the same shape, where
+# ``index`` is the training step or held-out chunk and ``side`` 0 (anchors) or 1 (positives).
+Transform = Callable[[torch.Tensor, int, int], torch.Tensor]
 
 
 class SmallCritic(nn.Module):
@@ -104,18 +109,23 @@ def info_nce(za: torch.Tensor, zb: torch.Tensor, temperature: float = 0.1) -> to
 
 
 def train_critic(critic: nn.Module, xa: torch.Tensor, xb: torch.Tensor, steps: int, batch: int, lr: float,
-                 temperature: float, generator: torch.Generator) -> list[float]:
+                 temperature: float, generator: torch.Generator, transform: Transform | None = None) -> list[float]:
     """Minimise InfoNCE over minibatches drawn from the training pairs (xa[i], xb[i]).
 
     Adam with betas (0.5, 0.999), as the reference method. Returns the loss
     of every step. ``generator`` (CPU) fixes the minibatch order.
+    ``transform(x, step, side)``, if given, is applied to each side of every
+    minibatch before the critic sees it (e.g. T_x augmentations).
     """
     opt = torch.optim.Adam(critic.parameters(), lr=lr, betas=(0.5, 0.999))
     critic.train()
     losses = []
-    for _ in range(steps):
+    for step in range(steps):
         i = torch.randperm(len(xa), generator=generator)[:batch].to(xa.device)
-        loss = info_nce(critic(xa[i]), critic(xb[i]), temperature)
+        a, b = xa[i], xb[i]
+        if transform is not None:
+            a, b = transform(a, step, 0), transform(b, step, 1)
+        loss = info_nce(critic(a), critic(b), temperature)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -124,12 +134,23 @@ def train_critic(critic: nn.Module, xa: torch.Tensor, xb: torch.Tensor, steps: i
 
 
 @torch.no_grad()
-def bounds(critic: nn.Module, xa: torch.Tensor, xb: torch.Tensor, n: int, temperature: float) -> list[float]:
-    """log N - L_NCE on consecutive held-out batches of ``n`` pairs (a remainder is dropped)."""
+def bounds(critic: nn.Module, xa: torch.Tensor, xb: torch.Tensor, n: int, temperature: float,
+           transform: Transform | None = None) -> list[float]:
+    """log N - L_NCE on consecutive held-out batches of ``n`` pairs (a remainder is dropped).
+
+    ``transform(x, chunk, side)``, if given, is applied to each side of every
+    256-pair chunk before it is embedded (``chunk`` counts from 0).
+    """
     if len(xa) < n:
         raise ConfigError(f"need at least {n} held-out pairs to evaluate a bound with N={n}, got {len(xa)}")
     critic.eval()
-    za = torch.cat([critic(xa[k:k + 256]) for k in range(0, len(xa), 256)])
-    zb = torch.cat([critic(xb[k:k + 256]) for k in range(0, len(xb), 256)])
+
+    def embed(x, side):
+        chunks = [x[k:k + 256] for k in range(0, len(x), 256)]
+        if transform is not None:
+            chunks = [transform(c, j, side) for j, c in enumerate(chunks)]
+        return torch.cat([critic(c) for c in chunks])
+
+    za, zb = embed(xa, 0), embed(xb, 1)
     return [math.log(n) - info_nce(za[k:k + n], zb[k:k + n], temperature).item()
             for k in range(0, len(xa) - n + 1, n)]

@@ -14,11 +14,21 @@ perturbation (common random numbers: differences between cells are not
 seed noise). A cell whose positives are bit-identical to their anchors
 (a group that changes no pixel) has exactly the reference's data, hence
 exactly its critic and bound; it reuses them instead of training again.
+
+With ``critic_t_x`` set to a T_x preset (:class:`synthviews.data.augment.Augment`),
+both images of every pair are augmented independently, at the critic's input
+resolution, before the critic sees them, in training and in the held-out
+bounds alike: the bound is then on I(T(x); T'(x')), what survives the SSL
+augmentations (the reference cell becomes I(T(x); T'(x))). The augmentation
+seeds are a function of (seed, phase, step or held-out chunk, side) only, the
+same for every cell of one seed, so the common random numbers and the reuse
+of identical cells still hold. ``none`` (the default) augments nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -28,6 +38,8 @@ import torch
 
 from .._util.device import resolve_device
 from .._util.settings import parse_floats, parse_truncation, setting
+from ..data.augment import PRESETS as T_X_PRESETS
+from ..data.augment import Augment
 from ..errors import ConfigError
 from ..models.base import MLVGM
 from ..policies import GaussianPolicy, GroupNoise, Policy, check_groups
@@ -57,6 +69,9 @@ class Settings:
     resolution: int = setting(32, "critic input size in pixels", flag="--critic-resolution")
     # Adam; the reference method uses 5e-5 for a long ResNet-18 run
     lr: float = setting(1e-3, "critic learning rate")
+    # COP-Gen trains its critic on T_x views: the MI then measures what survives the SSL augmentations
+    critic_t_x: str = setting("none", "T_x preset applied independently to both images of every critic pair, "
+                              "in training and evaluation ('none': no augmentation)", choices=T_X_PRESETS)
     temperature: float = 0.1
     gen_batch: int = 128            # anchors decoded per generator call
 
@@ -89,6 +104,8 @@ class Settings:
             raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}")
         if self.truncation is not None and not self.truncation > 0:
             raise ConfigError(f"truncation must be > 0 or None, got {self.truncation!r}")
+        if not isinstance(self.critic_t_x, str) or self.critic_t_x not in T_X_PRESETS:
+            raise ConfigError(f"unknown critic_t_x preset {self.critic_t_x!r}; choose one of: {', '.join(T_X_PRESETS)}")
         if not self.lr > 0 or not self.temperature > 0:
             raise ConfigError("lr and temperature must be > 0")
 
@@ -153,6 +170,29 @@ def draw_pairs(model: MLVGM, policy: Policy, seed: int, indices: np.ndarray, set
     return _Pairs(torch.cat(xa), torch.cat(xb), torch.cat(deltas), torch.cat(pixels), identical)
 
 
+def augment_seed(seed: int, phase: str, index: int, side: int) -> int:
+    """The T_x seed of one side (0 anchor, 1 positive) of one training step or held-out chunk (``phase``
+    ``train`` or ``eval``) of sweep seed ``seed``: a fixed hash, the same for every cell of that seed."""
+    digest = hashlib.sha256(f"critic_t_x/{seed}/{phase}/{index}/{side}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def critic_transform(settings: Settings, seed: int, phase: str):
+    """The transform ``train_critic``/``bounds`` apply to critic inputs, or None when ``critic_t_x`` is none.
+
+    Inputs are the critic's ([-1, 1], ``resolution`` px); the preset runs on
+    them as [0, 1] images at that same size and maps back to [-1, 1].
+    """
+    if settings.critic_t_x == "none":
+        return None
+    aug = Augment(settings.critic_t_x, size=settings.resolution, normalize=False)
+
+    def transform(x: torch.Tensor, index: int, side: int) -> torch.Tensor:
+        return aug((x + 1) / 2, seed=augment_seed(seed, phase, index, side)) * 2 - 1
+
+    return transform
+
+
 def estimate(model: MLVGM, policy: Policy, settings: Settings, seed: int, device: torch.device,
              reference: dict | None = None) -> dict:
     """Train a critic on one seed's training pairs and bound I(x; x') on its held-out pairs.
@@ -174,8 +214,9 @@ def estimate(model: MLVGM, policy: Policy, settings: Settings, seed: int, device
             critic = make_critic(settings.critic, train.xa.shape[1]).to(device)
         order = torch.Generator().manual_seed(seed)
         losses = train_critic(critic, train.xa, train.xb, settings.steps, settings.batch, settings.lr,
-                              settings.temperature, order)
-        out.update(bounds=bounds(critic, held.xa, held.xb, settings.eval_batch, settings.temperature),
+                              settings.temperature, order, transform=critic_transform(settings, seed, "train"))
+        out.update(bounds=bounds(critic, held.xa, held.xb, settings.eval_batch, settings.temperature,
+                                 transform=critic_transform(settings, seed, "eval")),
                    train_loss=float(np.mean(losses[-10:])))
     out["seconds"] = time.perf_counter() - start
     return out
@@ -272,4 +313,5 @@ def _sweep(model, groups, settings, device, progress) -> dict:
             "cells": [asdict(c) for c in cells], "seconds": time.perf_counter() - start}
 
 
-__all__ = ["Settings", "Cell", "sweep", "estimate", "draw_pairs", "confidence", "cell_policy", "REFERENCE"]
+__all__ = ["Settings", "Cell", "sweep", "estimate", "draw_pairs", "confidence", "cell_policy", "REFERENCE",
+           "T_X_PRESETS", "augment_seed", "critic_transform"]

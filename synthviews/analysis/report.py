@@ -145,7 +145,9 @@ def markdown(result: dict, policy_text: str) -> str:
         "",
         f"- critic: `{s['critic']}` on {s['resolution']}x{s['resolution']} inputs, {s['steps']} steps of "
         f"{s['batch']} pairs, Adam lr {s['lr']:g} betas (0.5, 0.999), temperature {s['temperature']:g}, trained on "
-        f"{s['pairs']} pairs per cell and seed",
+        f"{s['pairs']} pairs per cell and seed"
+        + (f"; both images of every pair T_x-augmented (`{s['critic_t_x']}`, independent seeds) in training and "
+           "evaluation, so the bounds are on I(T(x); T'(x'))" if s.get("critic_t_x", "none") != "none" else ""),
         f"- bound: {s['eval_pairs']} held-out pairs per cell and seed in batches of N = {s['eval_batch']} "
         f"candidates: ceiling log N = {log_n:.3f} nats",
         f"- seeds {', '.join(str(s['seed'] + k) for k in range(s['seeds']))}; +- is the 95% confidence interval "

@@ -8,6 +8,15 @@ everywhere (GAN training, the sanity classifier, any evaluation):
 stratify=labels)``, i.e. 1,347 training and 450 test images, each class in
 the same proportion in both parts.
 
+A validation split is carved from the train split the same way,
+``train_test_split(train, test_size=0.25, random_state=0,
+stratify=labels[train])``: ``"val"`` (337 images) and ``"fit"`` (the other
+1,010); ``"train"`` stays all 1,347 (the built-in generators were trained on
+them). Every experimental choice is made by fitting on ``fit`` and scoring on
+``val``; the ``test`` split is scored once, for a final table, with ``train``
+as the labelled pool. The validation images are part of what the generators
+and self-supervised encoders see unlabelled: only their labels are held out.
+
 :func:`load_digits_split` returns float32 images in [0, 1] of shape
 (N, 1, R, R) (R = 32 by default) and int64 labels. The 8x8 grid is scaled by
 1/16 and upsampled with bilinear interpolation (``align_corners=False``, the
@@ -31,7 +40,9 @@ from ..errors import ConfigError
 NUM_CLASSES = 10
 NUM_IMAGES = 1797
 TEST_SIZE = 0.25
+VAL_SIZE = 0.25  # of the train split
 SPLIT_SEED = 0
+SPLITS = ("train", "test", "fit", "val", "all")
 
 
 def _sklearn():
@@ -51,12 +62,14 @@ def _raw() -> tuple[np.ndarray, np.ndarray]:
 
 
 def split_indices() -> dict[str, np.ndarray]:
-    """The fixed split: {"train": 1347 indices, "test": 450 indices} into load_digits() order."""
-    sklearn = _sklearn()
+    """The fixed splits as indices into load_digits() order: "train" (1347) and "test" (450), and
+    "fit" (1010) and "val" (337), which partition "train"."""
+    split = _sklearn().model_selection.train_test_split
     _, labels = _raw()
-    train, test = sklearn.model_selection.train_test_split(
-        np.arange(len(labels)), test_size=TEST_SIZE, random_state=SPLIT_SEED, stratify=labels)
-    return {"train": np.asarray(train, dtype=np.int64), "test": np.asarray(test, dtype=np.int64)}
+    train, test = split(np.arange(len(labels)), test_size=TEST_SIZE, random_state=SPLIT_SEED, stratify=labels)
+    fit, val = split(train, test_size=VAL_SIZE, random_state=SPLIT_SEED, stratify=labels[train])
+    return {name: np.asarray(idx, dtype=np.int64) for name, idx in
+            (("train", train), ("test", test), ("fit", fit), ("val", val))}
 
 
 def upsample(images: torch.Tensor, resolution: int) -> torch.Tensor:
@@ -69,10 +82,11 @@ def upsample(images: torch.Tensor, resolution: int) -> torch.Tensor:
 def load_digits_split(split: str = "train", resolution: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
     """Images (N, 1, resolution, resolution) float32 in [0, 1] and labels (N,) int64 of one split.
 
-    ``split``: "train", "test" or "all" (all 1797 in load_digits() order).
+    ``split``: "train", "test", "fit", "val" (see :func:`split_indices`) or "all" (all 1797 in
+    load_digits() order).
     """
-    if split not in ("train", "test", "all"):
-        raise ConfigError(f"digits split must be 'train', 'test' or 'all', got {split!r}")
+    if split not in SPLITS:
+        raise ConfigError(f"digits split must be one of {', '.join(SPLITS)}; got {split!r}")
     if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 8:
         raise ConfigError(f"digits resolution must be an integer >= 8, got {resolution!r}")
     images, labels = _raw()
