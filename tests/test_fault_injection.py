@@ -35,6 +35,10 @@ SERVER = r'''
 import errno, json, os, signal, sys
 import synthviews._util.files, synthviews.cli.app, synthviews.store.writer
 
+# A background job of a non-interactive shell (`pytest ... &`, `nohup .ci/run &`) inherits SIGINT ignored,
+# and Python then installs no KeyboardInterrupt handler: give the cases the Ctrl-C a terminal user has.
+signal.signal(signal.SIGINT, signal.default_int_handler)
+
 def run(case):
     out = os.path.realpath(case["out"])
     log = os.open(case["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
