@@ -331,8 +331,9 @@ def class_kept(folder: Path, k: int, clf, anchors: int = 500) -> float:
     """How often one of the K stored positives gets its anchor's class from the real-data classifier (a
     diagnostic)."""
     kept, n = [], 0
-    for views, _ in loader(ShardViews(folder, pairs=list(range(1 + k)), seed=0, batch_size=100, shuffle=0),
-                           batch_size=100):
+    batch = min(100, anchors)
+    for views, _ in loader(ShardViews(folder, pairs=list(range(1 + k)), seed=0, batch_size=batch, shuffle=0),
+                           batch_size=batch):
         labels = [clf.predict(downsample8(v).numpy()) for v in views]
         kept += [labels[v] == labels[0] for v in range(1, len(labels))]
         n += len(views[0])
@@ -411,7 +412,7 @@ def run(args) -> dict:
                 make_shards(work, model, policies, args)
                 result["seconds"]["shards"] = round(time.perf_counter() - t0, 1)
                 clf, _ = digit_classifier()
-                result["class_kept"] = {name: class_kept(work / name, args.positives, clf) for name in policies}
+                result["class_kept"] = {name: class_kept(work / name, args.positives, clf, min(500, args.anchors)) for name in policies}
                 print(f"shards: {result['seconds']['shards']} s; class kept {result['class_kept']}", flush=True)
             tasks = [(row, args.seed + k) for k in range(args.seeds) for row in args.rows]
             futures = [pool.submit(run_one, row, seed, args, str(work)) for row, seed in tasks]
