@@ -356,11 +356,15 @@ def paired_ci(row: np.ndarray, ref: np.ndarray, resamples: int = 10_000, seed: i
     return {"diff": float(diff.mean()), "lo": float(lo), "hi": float(hi), "significant": bool(lo > 0 or hi < 0)}
 
 
+def score_matrix(runs: dict) -> dict[str, np.ndarray]:
+    """One row's runs ({seed: run}) as metric -> (seeds, draws) array, seeds in numeric order."""
+    return {m: np.array([runs[k]["scores"][m] for k in sorted(runs, key=int)]) for m in METRICS}
+
+
 def summarise(result: dict) -> None:
     """Per row: mean and std over seeds of each metric; paired differences against (a) and (b)."""
     runs = result["runs"]
-    matrix = {row: {m: np.array([runs[row][s]["scores"][m] for s in sorted(runs[row], key=int)])
-                    for m in METRICS} for row in runs}
+    matrix = {row: score_matrix(runs[row]) for row in runs}
     for row, per_metric in matrix.items():
         entry = result["rows"][row]
         for m, values in per_metric.items():
@@ -481,7 +485,7 @@ def compare(paths: list[str], row: str) -> str:
         runs = r["runs"].get(row)
         if not runs:
             raise SystemExit(f"{path}: no row ({row})")
-        mats.append({m: np.array([runs[k]["scores"][m] for k in sorted(runs, key=int)]) for m in METRICS})
+        mats.append(score_matrix(runs))
     lines = [f"Row ({row}) of each run vs the first: mean top-1 % (paired difference, 95% bootstrap interval; "
              "bold: excludes 0).", "", "| run | class kept | 1 label | 5 labels | 10 labels | all labels | kNN |",
              "|---|---|---|---|---|---|---|"]
