@@ -211,17 +211,17 @@ def features(encoder: Encoder, images: torch.Tensor) -> np.ndarray:
     return torch.cat([encoder(plain(x)) for x in images.split(512)]).numpy().astype(np.float64)
 
 
-def label_draws(labels: np.ndarray, per_class: int) -> list[np.ndarray]:
-    """DRAWS fixed index sets with ``per_class`` labelled images of every class: the same for every row."""
+def label_draws(labels: np.ndarray, per_class: int, draws: int = DRAWS) -> list[np.ndarray]:
+    """``draws`` fixed index sets with ``per_class`` labelled images of every class: the same for every row."""
     out = []
-    for d in range(DRAWS):
+    for d in range(draws):
         rng = np.random.default_rng([per_class, d])
         out.append(np.concatenate([rng.choice(np.flatnonzero(labels == c), per_class, replace=False)
                                    for c in range(NUM_CLASSES)]))
     return out
 
 
-def evaluate(encoder: Encoder, split: str) -> dict:
+def evaluate(encoder: Encoder, split: str, draws: int = DRAWS) -> dict:
     """Frozen features scored on ``split``'s held-out images (see the module docstring)."""
     from sklearn.linear_model import LogisticRegression
 
@@ -232,7 +232,7 @@ def evaluate(encoder: Encoder, split: str) -> dict:
     scores = {}
     for n in FEW:
         accs = []
-        for idx in label_draws(yp, n):
+        for idx in label_draws(yp, n, draws):
             probe = LogisticRegression(C=1.0, max_iter=2000).fit(sp[idx], yp[idx])
             accs.append(float((probe.predict(se) == ye).mean()))
         scores[f"few{n}"] = accs
@@ -254,7 +254,7 @@ def run_one(row: str, seed: int, args, work: str) -> dict:
         encoder, loss = Encoder(args.width).eval(), None
     else:
         encoder, loss = train(row_batches(row, args, seed, Path(work)), args, seed)
-    scores = evaluate(encoder, args.split)
+    scores = evaluate(encoder, args.split, args.draws)
     return {"row": row, "seed": seed, "scores": scores, "final_loss": loss,
             "seconds": round(time.perf_counter() - t0, 1)}
 
@@ -453,7 +453,7 @@ def table(result: dict) -> str:
     lines = [f"Contrastive training on digits: {s['steps']} steps x {2 * s['batch']} images, {s['seeds']} seeds "
              f"(temperature {s['temperature']}, T_x {s['t_x']} on generated rows, {s['real_t_x']} on real); frozen "
              f"features, probes fit on `{pool}` and scored on `{scored}`: top-1 % with 1 / 5 / 10 labels per class "
-             f"(mean of {DRAWS} draws), all labels (logistic regression) and cosine {KNN}-NN. Primary metric: "
+             f"(mean of {s.get('draws', DRAWS)} draws), all labels (logistic regression) and cosine {KNN}-NN. Primary metric: "
              f"{PRIMARY}.", "",
              "| row | training data | 1 label | 5 labels | 10 labels | all labels | kNN | class kept |",
              "|---|---|---|---|---|---|---|---|"]
@@ -505,7 +505,7 @@ def parse(argv=None) -> argparse.Namespace:
                    help="val: probes fit on `fit`, scored on `val` (for choices; default); test: the final table")
     p.add_argument("--out", help="results folder (default: benchmarks/results/ssl_digits/SPLIT; --quick: a temp folder)")
     p.add_argument("--rows", default="".join(ROWS), help=f"rows to run, e.g. 'abe' (default: {''.join(ROWS)})")
-    p.add_argument("--steps", type=int, help="training steps per run (default: 300; --quick 20)")
+    p.add_argument("--steps", type=int, help="training steps per run (default: 300; --quick 12)")
     p.add_argument("--batch", type=int, help="anchors per step of the pair rows (default: 128; --quick 32)")
     p.add_argument("--seeds", type=int, help="training seeds per row (default: 5; --quick 2)")
     p.add_argument("--seed", type=int, default=0, help="first training seed (default: 0)")
@@ -528,11 +528,12 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--temperature", type=float, default=0.1,
                    help="contrastive temperature (default: 0.1, chosen on validation from 0.1, 0.2, 0.5)")
     p.add_argument("--width", type=int, default=32, help="encoder base width (default: 32)")
+    p.add_argument("--draws", type=int, help=f"label draws per few-label probe (default: {DRAWS}; --quick 3)")
     p.add_argument("--jobs", type=int, help="worker processes (default: the CPU count; --quick 2)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker (default: 1)")
     args = p.parse_args(argv)
-    quick = {"steps": 20, "batch": 32, "seeds": 2, "anchors": 64, "jobs": 2}
-    full = {"steps": 300, "batch": 128, "seeds": 5, "anchors": 5000, "jobs": os.cpu_count() or 1}
+    quick = {"steps": 12, "batch": 32, "seeds": 2, "anchors": 64, "jobs": 2, "draws": 3}
+    full = {"steps": 300, "batch": 128, "seeds": 5, "anchors": 5000, "jobs": os.cpu_count() or 1, "draws": DRAWS}
     for key, value in (quick if args.quick else full).items():
         if getattr(args, key) is None:
             setattr(args, key, value)

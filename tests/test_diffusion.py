@@ -15,17 +15,13 @@ import torch
 
 diffusers = pytest.importorskip("diffusers")
 
+from tiny_diffusion import UNET, make_folder  # noqa: E402
+
 import synthviews as sv  # noqa: E402
 from synthviews.cli import main  # noqa: E402
 from synthviews.errors import ConfigError  # noqa: E402
 from synthviews.models.diffusion import parse_step_groups  # noqa: E402
 from synthviews.views import ViewSampler  # noqa: E402
-
-UNET = dict(sample_size=16, block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8,
-            down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"))
-CODER = dict(down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-             up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), block_out_channels=(8, 16),
-             layers_per_block=1, norm_num_groups=4, latent_channels=2, sample_size=16)
 
 
 @pytest.fixture(autouse=True)
@@ -35,36 +31,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def make_folder(root: Path, kind: str = "pixel", scheduler: str = "DDPMScheduler", seed: int = 0,
-                train_steps: int = 100) -> Path:
-    """A diffusers pipeline folder with random weights: pixel (1 channel, 16 px), vq / kl (2-channel 8 px
-    latents decoded to 1 x 16 x 16), or cond (pixel, 3 classes)."""
-    torch.manual_seed(seed)
-    folder = root / kind
-    index = {"_class_name": "DDPMPipeline", "_diffusers_version": diffusers.__version__,
-             "scheduler": ["diffusers", scheduler], "unet": ["diffusers", "UNet2DModel"]}
-    unet_kwargs = dict(UNET, in_channels=1, out_channels=1)
-    if kind in ("vq", "kl"):
-        unet_kwargs.update(in_channels=2, out_channels=2, sample_size=8)
-        if kind == "vq":
-            coder = diffusers.VQModel(in_channels=1, out_channels=1, num_vq_embeddings=16, vq_embed_dim=2, **CODER)
-            index["vqvae"] = ["diffusers", "VQModel"]
-        else:
-            coder = diffusers.AutoencoderKL(in_channels=1, out_channels=1, **CODER)
-            index["vae"] = ["diffusers", "AutoencoderKL"]
-        coder.save_pretrained(folder / ("vqvae" if kind == "vq" else "vae"))
-    if kind == "cond":
-        unet_kwargs["num_class_embeds"] = 3
-    unet = diffusers.UNet2DModel(**unet_kwargs)
-    with torch.no_grad():  # random init gives near-zero outputs; make the UNet's output matter
-        for p in unet.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    unet.save_pretrained(folder / "unet")
-    getattr(diffusers, scheduler)(num_train_timesteps=train_steps).save_pretrained(folder / "scheduler")
-    (folder / "model_index.json").write_text(json.dumps(index))
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -141,6 +107,38 @@ def test_decode_is_a_pure_per_row_function_of_the_code(folders):
 # --- samplers against diffusers' own step -------------------------------------------------
 
 SCHEDULER_OF = {"ddpm": "DDPMScheduler", "ddim": "DDIMScheduler", "euler_a": "EulerAncestralDiscreteScheduler"}
+
+
+def test_gradients_through_decode_checkpoint_the_unet_and_equal_plain_backprop(folders, monkeypatch):
+    """A walker trains through the sampler: the UNet calls keep no activations (recomputed in backward), which
+    must give plain backprop's outputs and gradients; decoding without gradients never checkpoints."""
+    import synthviews.models.diffusion.model as family
+
+    model = load(folders["cond"], class_label=1)
+    code = model.compose(torch.randn(3, model.latent_dim, generator=torch.Generator().manual_seed(4)), {})
+    calls = []
+
+    def counting(fn, *args, use_reentrant):
+        calls.append(use_reentrant)
+        return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=use_reentrant)
+
+    def run(checkpointing: bool):
+        monkeypatch.setattr(family, "checkpoint", counting if checkpointing else lambda fn, *a, **k: fn(*a))
+        leaf = code.clone().requires_grad_(True)
+        out = model.decode(leaf)
+        (grad,) = torch.autograd.grad(out.square().sum(), leaf)
+        return out.detach(), grad
+
+    (out_a, grad_a), (out_b, grad_b) = run(True), run(False)
+    assert calls and not any(calls)  # one per UNet call, non-reentrant
+    assert torch.equal(out_a, out_b) and grad_a.abs().sum() > 0
+    torch.testing.assert_close(grad_a, grad_b, rtol=1e-5, atol=1e-7)
+    calls.clear()
+    monkeypatch.setattr(family, "checkpoint", counting)
+    with torch.no_grad():
+        assert torch.equal(model.decode(code), out_a)
+    model.decode(code)  # grad mode on, but nothing requires a gradient
+    assert calls == []
 
 
 def with_scheduler(folders, tmp_path, scheduler: str, drop=(), **config) -> Path:

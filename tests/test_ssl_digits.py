@@ -123,7 +123,8 @@ def test_real_and_random_rows_end_to_end(tmp_path):
 def test_quick_experiment_runs_every_row(tmp_path):
     result, _ = _run(tmp_path, "--quick")
     assert list(result["rows"]) == list("abcdefghr")
-    assert result["settings"]["steps"] == 20 and result["rows"]["e"]["name"].startswith("MI-chosen")
+    assert result["settings"]["steps"] == 12 and result["settings"]["draws"] == 3
+    assert result["rows"]["e"]["name"].startswith("MI-chosen")
     assert set(result["class_kept"]) == {"mi", "genrep", "copgen", "learned"}
     assert all(0 <= k <= 1 for k in result["class_kept"].values())
     assert set(result["walkers"]["walkers"]) == {"all", "2_4", "4_6", "6_8"}

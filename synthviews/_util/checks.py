@@ -35,11 +35,13 @@ MAX_BATCH_SIZE = 65536       # anchors per generate step
 MAX_WORKERS = 256            # encoding threads
 MAX_INDEX = 2**62            # first sample index of a preview
 MAX_NOISE = 1000.0           # |mean|, std and truncation of policy noise, walker scale
-MAX_LATENT_DIM = 4096        # a walker's anchor size and hidden width (real: 64-512)
+MAX_CODE = 2**26             # values in one latent code row (the diffusion and VDVAE families; a walker's sizes):
+                             # digits-ddpm 51,200; VDVAE ffhq1024, the largest release, 32.8 M
+MAX_WALKER_HIDDEN = 4096     # a walker's hidden width (real: 64-512)
 MAX_IMAGE_SIDE = 8192        # pixels per side of a stored view
 MAX_POLICY_BYTES = 1 << 20   # policy and model config files
 MAX_JSON_BYTES = 64 << 20    # manifest and progress files (100,000 shard records fit)
-MAX_WALKER_BYTES = 256 << 20
+MAX_WALKER_BYTES = 256 << 20  # a walker file, and its float32 parameters once built
 MAX_WEIGHTS_BYTES = 8 << 30  # a weights file (config-f StyleGAN2 pickles are ~360 MB)
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._util.checks import MAX_WEIGHTS_BYTES
+from .._util.checks import MAX_WALKER_BYTES, MAX_WALKER_HIDDEN, MAX_WEIGHTS_BYTES
 from .._util.device import resolve_device
 from .._util.settings import setting
 from ..errors import ConfigError
@@ -29,6 +29,7 @@ from ..policies.walker import (
     FORMAT,
     Walker,
     WalkerPolicy,
+    check_walker_size,
     read_checkpoint,
     save_walker,
     walker_policy,
@@ -69,6 +70,9 @@ class WalkerSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"walker {name} must be a positive integer, got {value!r}")
+        if self.hidden > MAX_WALKER_HIDDEN:
+            raise ConfigError(f"walker hidden must be at most {MAX_WALKER_HIDDEN:,} (real walkers: 64-512), "
+                              f"got {self.hidden:,}")
         if self.warmup < 0 or self.seed < 0 or self.batch < 2:
             raise ConfigError("walker warmup and seed must be >= 0, batch >= 2")
         if self.eval_pairs < self.batch:
@@ -77,6 +81,9 @@ class WalkerSettings:
             raise ConfigError(f"unknown critic {self.critic!r}; choose one of: {', '.join(CRITICS)}")
         if not (self.lr_critic > 0 and self.lr_walker > 0 and self.temperature > 0):
             raise ConfigError("walker learning rates and temperature must be > 0")
+
+
+WALKER_META_BYTES = 1 << 20  # room left in a walker file for its metadata (settings, history: a few KB)
 
 
 def _state_path(path: Path) -> Path:
@@ -136,12 +143,16 @@ def _train_walker(model, groups, out, settings, device, resume, progress) -> dic
     out = Path(out)
     if out.suffix != ".pt":
         raise ConfigError(f"walker checkpoint {out} must end in .pt")
+    sizes = {g: model.group(g).size for g in names}
+    # before anything is built or trained: a walker load_walker would refuse is not worth training
+    check_walker_size(model.latent_dim, s.hidden, sum(sizes.values()), f"walker for {model.family} {','.join(names)}",
+                      MAX_WALKER_BYTES - WALKER_META_BYTES)
     device = resolve_device(device)
     model = model.to(device).eval()
     streams = Streams(s.seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(s.seed)
-        walker = Walker(model.latent_dim, {g: model.group(g).size for g in names}, s.hidden).to(device)
+        walker = Walker(model.latent_dim, sizes, s.hidden).to(device)
         critic = make_critic(s.critic, model.image_shape[0]).to(device)
     opt_w = torch.optim.Adam(walker.parameters(), lr=s.lr_walker, betas=(0.5, 0.999))
     opt_c = torch.optim.Adam(critic.parameters(), lr=s.lr_critic, betas=(0.5, 0.999))

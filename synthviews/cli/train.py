@@ -18,22 +18,30 @@ def add_commands(verbs):
                                      "OUT/G_ema.safetensors (load it with --model stylegan2 --path ...), sample "
                                      "grids and OUT/log.jsonl. --resume continues exactly where it stopped. "
                                      "Needs scikit-learn.")
-    p.add_argument("--out", default="runs/digits_gan", help="run directory (default: runs/digits_gan)")
+    _add_run_flags(p, "runs/digits_gan", DEFAULT_STEPS, PRESETS, TrainOptions, "PATH.safetensors",
+                   "also write the final G_ema here")
+    p.set_defaults(run=_cmd_train_gan)
+    _add_train_ddpm(verbs)
+    return p
+
+
+def _add_run_flags(p, out: str, default_steps: int, presets: dict, options, export_metavar: str,
+                   export_help: str) -> None:
+    """The flags both trainers take, in the order of their --help; the option flags (--batch, --lr, ...)
+    are the setting() fields of ``options``."""
+    p.add_argument("--out", default=out, help=f"run directory (default: {out})")
     p.add_argument("--steps", type=int, default=None,
-                   help=f"total training steps (default: {DEFAULT_STEPS}; --resume keeps the checkpoint's goal)")
-    p.add_argument("--preset", default="digits", choices=sorted(PRESETS),
+                   help=f"total training steps (default: {default_steps}; --resume keeps the checkpoint's goal)")
+    p.add_argument("--preset", default="digits", choices=sorted(presets),
                    help="option preset: digits (the shipped model) or tiny (smoke tests)")
-    add_flags(p, TrainOptions)  # --batch, --lr, --r1-gamma, ...: the setting() fields of TrainOptions
+    add_flags(p, options)
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
                    help="continue OUT/checkpoint.pt (or the given checkpoint); options come from it")
-    p.add_argument("--export", metavar="PATH.safetensors", help="also write the final G_ema here")
+    p.add_argument("--export", metavar=export_metavar, help=export_help)
     p.add_argument("--checkpoint-minutes", type=float, default=5.0, help="minutes between checkpoints (default: 5)")
     p.add_argument("--max-minutes", type=float, help="stop with a checkpoint after this many minutes (resume later)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.set_defaults(run=_cmd_train_gan)
-    _add_train_ddpm(verbs)
-    return p
 
 
 def _set_threads(threads) -> None:
@@ -91,21 +99,9 @@ def _add_train_ddpm(verbs):
                                      "DDPMPipeline folder of the EMA weights: load it with --model diffusion "
                                      "--path ...), sample grids and OUT/log.jsonl. --resume continues exactly "
                                      "where it stopped. Needs scikit-learn and diffusers.")
-    p.add_argument("--out", default="runs/digits_ddpm", help="run directory (default: runs/digits_ddpm)")
-    p.add_argument("--steps", type=int, default=None,
-                   help=f"total training steps (default: {ddpm.DEFAULT_STEPS}; --resume keeps the checkpoint's goal)")
-    p.add_argument("--preset", default="digits", choices=sorted(ddpm.PRESETS),
-                   help="option preset: digits (the shipped model) or tiny (smoke tests)")
-    add_flags(p, ddpm.DDPMOptions)  # --batch, --lr, --beta-schedule, ...: the setting() fields of DDPMOptions
-    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
-                   help="continue OUT/checkpoint.pt (or the given checkpoint); options come from it")
-    p.add_argument("--export", metavar="DIR",
-                   help="also write the final pipeline folder here, replaced whole: a non-empty folder is refused "
-                        "unless it is a previous export of train-ddpm, and so is one that is, holds or lies in --out")
-    p.add_argument("--checkpoint-minutes", type=float, default=5.0, help="minutes between checkpoints (default: 5)")
-    p.add_argument("--max-minutes", type=float, help="stop with a checkpoint after this many minutes (resume later)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_run_flags(p, "runs/digits_ddpm", ddpm.DEFAULT_STEPS, ddpm.PRESETS, ddpm.DDPMOptions, "DIR",
+                   "also write the final pipeline folder here, replaced whole: a non-empty folder is refused "
+                   "unless it is a previous export of train-ddpm, and so is one that is, holds or lies in --out")
     p.set_defaults(run=_cmd_train_ddpm)
     return p
 

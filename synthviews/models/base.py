@@ -4,15 +4,57 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Mapping
 
 import torch
 from torch import nn
 
+from .._util.checks import brief
+from ..errors import ConfigError
 from ..latents import LatentGroup, TruncatedNormal
 
 GENERIC_POLICY_ORIGIN = ("generic (GenRep-like: std 0.25 on every group), not tuned for this model; "
                          "`synthviews analyze` measures the groups and chooses one")
+RANGE = re.compile(r"(\d{1,6})_(\d{1,6})", re.ASCII)  # one "start_end" of explicit groups: ASCII digits, bounded
+
+
+def parse_ranges(spec, n: int, what: str, unit: str, usage: str, *, in_order: bool = False) -> list[tuple[int, int]]:
+    """[start, end) ranges covering ``0..n-1`` from a ``groups=`` option: a count (an int, or up to 6 ASCII
+    digits: n ranges, as equal as possible), ``"0_2,2_8,..."`` or ``[[0, 2], [2, 8], ...]``, sorted unless
+    ``in_order`` (then they must be given in order). A family handles its own words (``"layers"``) first.
+
+    Errors read ``{what} groups: ...``, count ``{unit}s`` and end in ``usage`` (what to write instead)."""
+    if isinstance(spec, str) and (s := spec.strip()).isascii() and s.isdecimal() and len(s) <= 6:
+        spec = int(s)  # isdigit() alone lets '²' through, which int() refuses
+    if isinstance(spec, int) and not isinstance(spec, bool):
+        if not 1 <= spec <= n:
+            raise ConfigError(f"{what} groups: cannot split {n} {unit}s into {spec} groups (use 1..{n})")
+        bounds = [k * n // spec for k in range(spec + 1)]
+        return list(zip(bounds[:-1], bounds[1:]))
+    ranges: list = [()]
+    if isinstance(spec, str):
+        matches = [RANGE.fullmatch(part.strip()) for part in spec.split(",")]
+        if all(matches):
+            ranges = [(int(m[1]), int(m[2])) for m in matches]
+    elif isinstance(spec, (list, tuple)):
+        ranges = [tuple(r) if isinstance(r, (list, tuple)) else () for r in spec]
+    if not ranges or any(len(r) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in r)
+                         for r in ranges):
+        raise ConfigError(f"{what} groups: {brief(spec)} is not understood; use {usage}")
+    pos, cover = 0, f"the ranges must cover {unit}s 0..{n - 1}" + (" in order" if in_order else "")
+    for start, end in ranges if in_order else sorted(ranges):
+        if not 0 <= start < end <= n:
+            raise ConfigError(f"{what} groups: range {start}_{end} is out of bounds (need 0 <= start < end <= {n}, "
+                              f"the number of {unit}s)")
+        if start != pos:
+            raise ConfigError(f"{what} groups: range {start}_{end} does not continue at {unit} {pos}: " + (
+                "it overlaps the previous range" if start < pos else f"{unit}s {pos}..{start - 1} are in no group")
+                + f"; {cover}")
+        pos = end
+    if pos != n:
+        raise ConfigError(f"{what} groups: {unit}s {pos}..{n - 1} are in no group; {cover}")
+    return sorted(ranges)
 
 
 class MLVGM(nn.Module):

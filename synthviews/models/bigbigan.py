@@ -35,7 +35,7 @@ from ..errors import ConfigError
 from ..latents import LatentGroup, TruncatedNormal
 from ._registry import register_model
 from .base import MLVGM, ChunkedLatents
-from .weights import first_names, flat_tensors, read_tensors
+from .weights import check_names_shapes, first_names, flat_tensors, read_tensors
 
 SN_EPS = 1e-4  # spectral-norm vector normalisation
 CCBN_EPS = 1e-4  # conditional batch norms (BN_eps of the original config)
@@ -394,26 +394,10 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
 def check_state_dict(model: nn.Module, sd: Mapping[str, torch.Tensor], what: str, config: dict) -> None:
     """Raise ConfigError unless ``sd`` has exactly the model's keys, shapes and float tensors."""
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    missing = [k for k in expected if k not in sd]
-    unexpected = [k for k in sd if k not in expected]
-    if len(missing) == len(expected):
+    if not any(k in sd for k in expected):
         prefix = next((k[: -len("linear.weight")] for k in sd if k.endswith(".linear.weight")), None)
         hint = (f"its keys seem to carry the prefix {prefix!r}; strip it" if prefix
                 else "is it another model family?")
         raise ConfigError(f"{what} is not a BigBiGAN generator state dict: none of its {len(sd)} keys "
                           f"(e.g. {first_names(list(sd))}) is one (e.g. {first_names(list(expected))}); {hint}")
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing key(s): {first_names(missing)}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected key(s): {first_names(unexpected)}")
-    shapes = [f"{k} is {list(sd[k].shape)} in the file but {list(s)} in the model"
-              for k, s in expected.items() if k in sd and tuple(sd[k].shape) != s]
-    if shapes:
-        problems.append(f"{len(shapes)} shape mismatch(es): " + "; ".join(shapes[:3]))
-    not_float = [k for k in expected if k in sd and not sd[k].is_floating_point()]
-    if not_float:
-        problems.append(f"non-float tensors: {first_names(not_float)}")
-    if problems:
-        raise ConfigError(f"{what} does not match the BigBiGAN generator with config {config}: "
-                          + "; ".join(problems))
+    check_names_shapes(sd, expected, what, f"the BigBiGAN generator with config {config}", noun="key")

@@ -24,7 +24,7 @@ import pickle
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import torch
 
@@ -85,6 +85,39 @@ def first_names(names, n: int = 3, limit: int = 80) -> str:
     names = list(names)
     shown = ", ".join(brief(k, limit) for k in names[:n])
     return shown + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
+def check_names_shapes(found: Mapping[str, torch.Tensor | tuple[int, ...]], expected: Mapping[str, tuple[int, ...]],
+                       what: str, against: str, *, noun: str = "tensor", optional: tuple[str, ...] = (),
+                       hint: Callable[[], str] | None = None, missing_first: bool = False) -> None:
+    """ConfigError unless ``found`` (a state dict, or names -> shapes from a header) has exactly the names and
+    shapes of ``expected`` (a name ending in ``optional`` may be absent), and its tensors are float.
+
+    One line, every family's: ``{what} does not match {against}: <problems>[; hint()]``, each part bounded
+    (the names come from files); ``hint`` is only called on a mismatch. ``missing_first`` words the missing names
+    "missing 3 tensor(s)" instead of "3 missing tensor(s)" (the StyleGAN2 messages' wording).
+    """
+    shapes = {k: tuple(v.shape) if isinstance(v, torch.Tensor) else tuple(v) for k, v in found.items()}
+    missing = [k for k in expected if k not in shapes and not k.endswith(optional)]
+    unexpected = [k for k in shapes if k not in expected]
+    problems = []
+    if missing:
+        count = f"missing {len(missing)}" if missing_first else f"{len(missing)} missing"
+        problems.append(f"{count} {noun}(s): {first_names(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected {noun}(s): {first_names(unexpected)}")
+    if not problems:  # names first; shapes and dtypes once they match (another config's shapes say no more)
+        wrong = [f"{k} is {list(shapes[k])} in the file, the config expects {list(s)}"  # k: the model's name
+                 for k, s in expected.items() if k in shapes and shapes[k] != tuple(s)]
+        if wrong:
+            problems.append(f"{len(wrong)} shape mismatch(es), e.g. {wrong[0]}")
+        not_float = [k for k in expected if isinstance(found.get(k), torch.Tensor) and not found[k].is_floating_point()]
+        if not_float:
+            problems.append(f"{len(not_float)} non-float tensor(s): {first_names(not_float)} "
+                            f"(dtype {found[not_float[0]].dtype})")
+    if problems:
+        raise ConfigError(f"{what} does not match {against}: " + "; ".join(problems)
+                          + (f"; {hint()}" if hint else ""))
 
 
 # --- torch files ------------------------------------------------------------------

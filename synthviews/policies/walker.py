@@ -22,9 +22,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._util.checks import (
-    MAX_LATENT_DIM,
+    MAX_CODE,
     MAX_NOISE,
     MAX_WALKER_BYTES,
+    MAX_WALKER_HIDDEN,
     Any,
     Int,
     List,
@@ -45,6 +46,20 @@ from ..models.weights import read_torch
 from .base import Policy, check_groups, check_keys, policy_file_dir
 
 FORMAT = "synthviews-walker"  # the "format" entry of every walker checkpoint and training-state file
+
+
+def walker_bytes(latent_dim: int, hidden: int, out: int) -> int:
+    """Bytes of a walker's float32 parameters: Linear(latent_dim, hidden) and Linear(hidden, out)."""
+    return 4 * (latent_dim * hidden + hidden + out * hidden + out)
+
+
+def check_walker_size(latent_dim: int, hidden: int, out: int, where: str, limit: int = MAX_WALKER_BYTES) -> None:
+    """Refuse a walker whose float32 parameters would take more than ``limit`` bytes (a walker file's limit)."""
+    need = walker_bytes(latent_dim, hidden, out)
+    if need > limit:
+        raise error(f"{where}: {need / 2**20:,.0f} MiB of float32 parameters, over the {limit / 2**20:,.0f} MiB "
+                    f"limit (latent_dim {latent_dim:,}, hidden {hidden:,}, {out:,} noise values); use a smaller "
+                    "hidden width or fewer groups")
 
 
 class Walker(nn.Module):
@@ -107,8 +122,8 @@ def read_checkpoint(path: Path, what: str, max_bytes: int = MAX_WALKER_BYTES) ->
 MAX_WEIGHT = 1e4  # trained walkers have weights of order 1
 
 _WALKER_SCHEMA = Obj({
-    "latent_dim": Int(1, MAX_LATENT_DIM),
-    "hidden": Int(1, MAX_LATENT_DIM),
+    "latent_dim": Int(1, MAX_CODE),
+    "hidden": Int(1, MAX_WALKER_HIDDEN),
     "groups": List(List(Any, 2, length=2), 64),
     "weights": Map(Any, 16),
 })
@@ -119,16 +134,20 @@ def _check_walker(ckpt: dict, path) -> tuple[int, int, dict[str, int]]:
 
     Checked before the Walker is built: its layers are allocated from these
     sizes, so a 1 KB file saying hidden=10**9 would otherwise take gigabytes.
+    Order: the sizes, then the parameter count they imply (at most what a
+    walker file may hold), then the shapes of the tensors really in the file;
+    only then is anything allocated from the sizes.
     """
     where = f"walker checkpoint {path}"
     validate(ckpt, _WALKER_SCHEMA, where)
     groups = {}
     for i, (name, size) in enumerate(ckpt["groups"]):
         Str(100)(name, f"{where}: groups[{i}] name")
-        groups[name] = check_int(size, f"{where}: groups[{i}] size", 1, MAX_LATENT_DIM)
-    if len(groups) != len(ckpt["groups"]) or sum(groups.values()) > MAX_LATENT_DIM:
-        raise error(f"{where}: groups must be distinct with sizes summing to at most {MAX_LATENT_DIM}")
+        groups[name] = check_int(size, f"{where}: groups[{i}] size", 1, MAX_CODE)
+    if len(groups) != len(ckpt["groups"]) or sum(groups.values()) > MAX_CODE:
+        raise error(f"{where}: groups must be distinct with sizes summing to at most {MAX_CODE:,}")
     d, h, o = ckpt["latent_dim"], ckpt["hidden"], sum(groups.values())
+    check_walker_size(d, h, o, where)
     expected = {"net.0.weight": (h, d), "net.0.bias": (h,), "net.2.weight": (o, h), "net.2.bias": (o,)}
     weights = ckpt["weights"]
     for name, shape in expected.items():
@@ -280,4 +299,5 @@ def walker_policy(checkpoints: list[str | Path], policy_path: str | Path, scale=
     return WalkerPolicy(entries, base, scale)
 
 
-__all__ = ["FORMAT", "Walker", "WalkerPolicy", "load_walker", "save_walker", "walker_policy"]
+__all__ = ["FORMAT", "Walker", "WalkerPolicy", "check_walker_size", "load_walker", "save_walker", "walker_bytes",
+           "walker_policy"]

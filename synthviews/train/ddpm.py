@@ -151,13 +151,7 @@ PRESETS = {
 
 
 def preset(name: str = "digits", **overrides) -> DDPMOptions:
-    if name not in PRESETS:
-        raise ConfigError(f"{VERB}: unknown preset {name!r}; use one of {', '.join(PRESETS)}")
-    known = {f.name for f in fields(DDPMOptions)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ConfigError(f"{VERB}: unknown option(s) {', '.join(unknown)}")
-    return DDPMOptions(**{**PRESETS[name], **overrides}).validate()
+    return loop.preset_options(VERB, DDPMOptions, PRESETS, name, overrides)
 
 
 # --- sampling (checkpoint grids and quality checks) --------------------------------
@@ -392,6 +386,13 @@ def check_export(path, out=None) -> Path | None:
     return path
 
 
+def _check_exports(export, out: Path) -> Path | None:
+    """``export`` checked against the run in ``out``, and the run's own: it replaces out/pipeline whole too."""
+    export = check_export(export, out)
+    check_export(out / EXPORT)
+    return export
+
+
 def train(out, options: DDPMOptions | None = None, steps: int | None = None, resume=False, export=None,
           checkpoint_minutes: float = 5.0, max_minutes: float | None = None, log_every: int = 20,
           progress: bool = True, reals: torch.Tensor | None = None, sample_steps: int = 100) -> Trainer:
@@ -405,33 +406,16 @@ def train(out, options: DDPMOptions | None = None, steps: int | None = None, res
     """
     loop.check_run_args(VERB, steps, checkpoint_minutes, log_every=log_every, max_minutes=max_minutes)
     diffusers_module()
-    out = Path(out)
-    state = None
-    if resume:
-        ckpt = loop.checkpoint_path(out, resume)
-        state = read_checkpoint(ckpt)
-        stored = stored_options(state, ckpt)
-        if options is not None and options != stored:
-            diff = [f.name for f in fields(DDPMOptions) if getattr(options, f.name) != getattr(stored, f.name)]
-            raise ConfigError(f"{VERB}: options differ from the checkpoint's ({', '.join(diff)}); "
-                              "a resumed run keeps its options, leave them out")
-        options = stored
-    export = check_export(export, out)
-    check_export(out / EXPORT)  # the run's own export replaces out/pipeline whole too
-    out = loop.prepare_out(out, VERB)
-    if not resume and (out / CHECKPOINT).exists():
-        raise ConfigError(f"{VERB}: {out} already holds a checkpoint; pass --resume to continue it "
-                          "or choose another --out")
+    out, options, state, export = loop.open_run(VERB, FORMAT, out, options, resume, stored_options,
+                                                lambda run: _check_exports(export, run))
     options = (options or DDPMOptions()).validate()
     if reals is None:
-        from .digits import load_digits_split
+        from .digits import train_images
 
-        reals, _ = load_digits_split("train", options.resolution)
-        if options.channels != 1:
-            reals = reals.expand(-1, options.channels, -1, -1)
+        reals = train_images(options.resolution, options.channels)
     trainer = Trainer(options, reals)
     if state is not None:
-        load_checkpoint(trainer, state, ckpt)
+        load_checkpoint(trainer, state, loop.checkpoint_path(out, resume))
     if steps is None:
         steps = trainer.target_steps
     trainer.target_steps = steps

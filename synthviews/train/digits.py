@@ -97,6 +97,12 @@ def load_digits_split(split: str = "train", resolution: int = 32) -> tuple[torch
     return upsample(x, resolution).clamp_(0, 1), torch.from_numpy(labels)
 
 
+def train_images(resolution: int, channels: int) -> torch.Tensor:
+    """The trainers' default images: the train split (N, ``channels``, R, R), its one channel repeated."""
+    reals, _ = load_digits_split("train", resolution)
+    return reals if channels == 1 else reals.expand(-1, channels, -1, -1)
+
+
 # --- sanity evaluation of a digits generator -------------------------------------
 
 def downsample8(images: torch.Tensor) -> torch.Tensor:

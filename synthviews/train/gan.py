@@ -143,13 +143,7 @@ PRESETS = {
 
 
 def preset(name: str = "digits", **overrides) -> TrainOptions:
-    if name not in PRESETS:
-        raise ConfigError(f"train-gan: unknown preset {name!r}; use one of {', '.join(PRESETS)}")
-    known = {f.name for f in fields(TrainOptions)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ConfigError(f"train-gan: unknown option(s) {', '.join(unknown)}")
-    return TrainOptions(**{**PRESETS[name], **overrides}).validate()
+    return loop.preset_options(VERB, TrainOptions, PRESETS, name, overrides)
 
 
 # --- generator forward and D's input augmentation --------------------------------
@@ -349,28 +343,14 @@ def train(out, options: TrainOptions | None = None, steps: int | None = None, re
     (default: the digits train split at the options' resolution).
     """
     loop.check_run_args(VERB, steps, checkpoint_minutes, log_every=log_every, max_minutes=max_minutes)
-    out = Path(out)
-    state = None
-    if resume:
-        state = read_checkpoint(loop.checkpoint_path(out, resume))
-        stored = TrainOptions(**state["options"])
-        if options is not None and options != stored:
-            diff = [f.name for f in fields(TrainOptions) if getattr(options, f.name) != getattr(stored, f.name)]
-            raise ConfigError(f"train-gan: options differ from the checkpoint's ({', '.join(diff)}); "
-                              "a resumed run keeps its options, leave them out")
-        options = stored
-    export = _check_export(export)
-    out = loop.prepare_out(out, VERB)
-    if not resume and (out / CHECKPOINT).exists():
-        raise ConfigError(f"train-gan: {out} already holds a checkpoint; pass --resume to continue it "
-                          "or choose another --out")
+    out, options, state, export = loop.open_run(VERB, FORMAT, out, options, resume,
+                                                lambda state, _: TrainOptions(**state["options"]),
+                                                lambda _: _check_export(export))
     options = (options or TrainOptions()).validate()
     if reals is None:
-        from .digits import load_digits_split
+        from .digits import train_images
 
-        reals, _ = load_digits_split("train", options.img_resolution)
-        if options.img_channels != 1:
-            reals = reals.expand(-1, options.img_channels, -1, -1)
+        reals = train_images(options.img_resolution, options.img_channels)
     trainer = Trainer(options, reals)
     if state is not None:
         trainer.load_state_dict(state)

@@ -16,9 +16,9 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -118,9 +118,44 @@ def check_run_args(verb: str, steps, checkpoint_minutes, log_every=1, max_minute
         raise ConfigError(f"{verb}: max_minutes must be a finite number > 0, got {max_minutes!r}")
 
 
+def preset_options(verb: str, cls, presets: dict, name: str, overrides: dict):
+    """``cls`` (a trainer's options) from preset ``name`` with ``overrides``, validated; unknown names refused."""
+    if name not in presets:
+        raise ConfigError(f"{verb}: unknown preset {name!r}; use one of {', '.join(presets)}")
+    unknown = sorted(set(overrides) - {f.name for f in fields(cls)})
+    if unknown:
+        raise ConfigError(f"{verb}: unknown option(s) {', '.join(unknown)}")
+    return cls(**{**presets[name], **overrides}).validate()
+
+
 def checkpoint_path(out, resume) -> Path:
     """Where ``resume`` (True: ``out/checkpoint.pt``, or a path) points."""
     return Path(out) / CHECKPOINT if resume is True else Path(resume)
+
+
+def open_run(verb: str, fmt: str, out, options, resume, stored: Callable[[dict, Path], Any],
+             check_exports: Callable[[Path], Path | None]) -> tuple[Path, Any, dict | None, Path | None]:
+    """What both trainers' ``train()`` does before it builds a trainer, in an order that leaves nothing behind
+    on a refusal: read a resumed run (``stored(state, path)``: its options; given ``options`` must equal them),
+    then ``check_exports(out)`` (the trainer's own export checks), then the run directory (which a new run
+    refuses if it holds a checkpoint). Returns ``(out, options, state, export)``: ``state`` is None for a new
+    run, ``options`` None if none were given, ``export`` what ``check_exports`` returned."""
+    out, state = Path(out), None
+    if resume:
+        path = checkpoint_path(out, resume)
+        state = read_checkpoint(path, fmt, verb)
+        kept = stored(state, path)
+        if options is not None and options != kept:
+            diff = [f.name for f in fields(kept) if getattr(options, f.name) != getattr(kept, f.name)]
+            raise ConfigError(f"{verb}: options differ from the checkpoint's ({', '.join(diff)}); "
+                              "a resumed run keeps its options, leave them out")
+        options = kept
+    export = check_exports(out)
+    out = prepare_out(out, verb)
+    if not resume and (out / CHECKPOINT).exists():
+        raise ConfigError(f"{verb}: {out} already holds a checkpoint; pass --resume to continue it "
+                          "or choose another --out")
+    return out, options, state, export
 
 
 def run(trainer, out: Path, steps: int, checkpoint: Callable[[], None], *, verb: str, postfix: dict[str, str],

@@ -26,7 +26,7 @@ import torch
 
 from ..._util.checks import MAX_POLICY_BYTES, brief, error, load_json, read_text
 from ...errors import ConfigError
-from ..weights import read_tensors, safetensors_header
+from ..weights import check_names_shapes, read_tensors, safetensors_header
 
 UNETS = ("UNet2DModel",)
 SCHEDULERS = ("DDPMScheduler", "DDIMScheduler", "EulerAncestralDiscreteScheduler")
@@ -209,16 +209,8 @@ def load_weights(comp: Component, net: torch.nn.Module) -> torch.nn.Module:
     """``net`` (from :func:`build_meta`) with the folder's weights, as float32, after the header matches it."""
     expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
     what = f"diffusion {comp.role} weights"
-    found = safetensors_header(comp.weights, what)
-    missing = [k for k in expected if k not in found]
-    unexpected = [k for k in found if k not in expected]
-    wrong = [f"{k} is {list(found[k])} in the file but {list(s)} in the config" for k, s in expected.items()
-             if k in found and found[k] != s]
-    problems = ([f"{len(missing)} missing tensor(s), e.g. {missing[0]!r}"] if missing else []) + \
-        ([f"{len(unexpected)} unexpected tensor(s), e.g. {unexpected[0]!r}"] if unexpected else []) + \
-        ([f"{len(wrong)} shape mismatch(es): {wrong[0]}"] if wrong else [])
-    if problems:
-        raise error(f"{what} {comp.weights} does not match {comp.folder / 'config.json'}: " + "; ".join(problems))
+    check_names_shapes(safetensors_header(comp.weights, what), expected, f"{what} {comp.weights}",
+                       str(comp.folder / "config.json"))
     state, _ = read_tensors(comp.weights, what)
     for k in list(state):  # one tensor at a time: at most the float32 weights are alive, never fp16 + fp32 of all
         state[k] = state.pop(k).float()

@@ -41,17 +41,17 @@ chunk per step, so small calls are up to ``unet_batch`` times slower per row.
 from __future__ import annotations
 
 import hashlib
-import re
 from typing import Mapping
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
-from ..._util.checks import MAX_IMAGE_SIDE, brief, check_int, check_number, error
+from ..._util.checks import MAX_CODE, MAX_IMAGE_SIDE, brief, check_int, check_number, error
 from ..._util.files import sha256_file
 from ...errors import ConfigError
 from ...latents import LatentGroup, TruncatedNormal
 from .._registry import register_model
-from ..base import MLVGM
+from ..base import MLVGM, parse_ranges
 from .folder import (
     DECODERS,
     SCHEDULERS,
@@ -70,9 +70,7 @@ DEFAULT_STEPS = 50  # 50 UNet calls per image: CPU-affordable, and DDPM respaced
 DEFAULT_GROUPS = 4
 MAX_STEPS = 1000
 MAX_UNET_BATCH = 4096
-MAX_CODE = 2**26  # values in one code row (256 MiB as float32): the VDVAE family's cap; digits-ddpm has 51,200
 MAX_ATTENTION_TOKENS = 64 * 64  # pixels of a level with self-attention (LDM's largest: 32 x 32; DDPM's: 16 x 16)
-RANGE = re.compile(r"(\d{1,6})_(\d{1,6})", re.ASCII)  # one "start_end" of explicit groups: ASCII digits, bounded
 
 
 def check_cost(cfg, where: str, height: int, width: int, noisy: int) -> None:
@@ -97,39 +95,10 @@ def check_cost(cfg, where: str, height: int, width: int, noisy: int) -> None:
 def parse_step_groups(groups, n: int) -> list[tuple[int, int]]:
     """``groups`` -> [start, end) ranges over the ``n`` noisy steps: a count, ``"steps"`` (one per step),
     ``"0_10,10_49"`` or ``[[0, 10], [10, 49]]``; the ranges must cover 0..n-1 without overlap."""
-    if isinstance(groups, str) and (g := groups.strip()).isascii() and g.isdecimal() and len(g) <= 6:
-        groups = int(g)  # isdigit() alone lets '²' through, which int() refuses
-    if isinstance(groups, int) and not isinstance(groups, bool):
-        if not 1 <= groups <= n:
-            raise ConfigError(f"diffusion groups: cannot split {n} noisy steps into {groups} ranges (use 1..{n})")
-        bounds = [k * n // groups for k in range(groups + 1)]
-        return list(zip(bounds[:-1], bounds[1:]))
     if groups == "steps":
         return [(k, k + 1) for k in range(n)]
-    ranges: list = [()]
-    if isinstance(groups, str):
-        matches = [RANGE.fullmatch(part.strip()) for part in groups.split(",")]
-        if all(matches):
-            ranges = [(int(m[1]), int(m[2])) for m in matches]
-    elif isinstance(groups, (list, tuple)):
-        ranges = [tuple(r) if isinstance(r, (list, tuple)) else () for r in groups]
-    if not ranges or any(len(r) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in r)
-                         for r in ranges):
-        raise ConfigError(f"diffusion groups: {brief(groups)} is not understood; use a number of step ranges "
-                          "(e.g. 4), 'steps', a string like '0_10,10_49' or a list of [start, end) pairs")
-    pos = 0
-    for start, end in sorted(ranges):
-        if not 0 <= start < end <= n:
-            raise ConfigError(f"diffusion groups: range {start}_{end} is out of bounds (0 <= start < end <= {n}, "
-                              f"the number of steps that add noise)")
-        if start != pos:
-            raise ConfigError(f"diffusion groups: range {start}_{end} " + (
-                f"overlaps the previous one (ends at {pos})" if start < pos else
-                f"leaves steps {pos}..{start - 1} in no group") + f"; the ranges must cover 0..{n - 1}")
-        pos = end
-    if pos != n:
-        raise ConfigError(f"diffusion groups: steps {pos}..{n - 1} are in no group; the ranges must cover 0..{n - 1}")
-    return sorted(ranges)
+    return parse_ranges(groups, n, "diffusion", "noisy step", "a number of step ranges (e.g. 4), 'steps', a string "
+                        "like '0_10,10_49' or a list of [start, end) pairs")
 
 
 @register_model("diffusion")
@@ -347,9 +316,16 @@ class Diffusion(MLVGM):
                 chunk = torch.cat([chunk, chunk[-1:].expand(pad, *chunk.shape[1:])])
                 cls = None if cls is None else torch.cat([cls, cls[-1:].expand(pad)])
             t = torch.full((m,), step.t, dtype=torch.float32, device=x.device)
-            out = self.unet(chunk, t, class_labels=cls).sample
+            if torch.is_grad_enabled() and chunk.requires_grad:  # e.g. training a walker through the sampler
+                # keep no activations of the UNet calls (recomputed in backward): ~2 GB an image at 50 steps otherwise
+                out = checkpoint(self._unet_call, chunk, t, cls, use_reentrant=False)
+            else:
+                out = self._unet_call(chunk, t, cls)
             outs.append(out[:m - pad].float())
         return torch.cat(outs) if len(outs) != 1 else outs[0]
+
+    def _unet_call(self, chunk: torch.Tensor, t: torch.Tensor, cls: torch.Tensor | None) -> torch.Tensor:
+        return self.unet(chunk, t, class_labels=cls).sample
 
     def _finish(self, x: torch.Tensor) -> torch.Tensor:
         """Final state -> image in [0, 1]; a latent goes through the decoder in fixed chunks, as the UNet does."""

@@ -19,7 +19,7 @@ from ..._util.files import sha256_file
 from ...errors import ConfigError
 from ...latents import LatentGroup, TruncatedNormal
 from .._registry import register_model
-from ..base import GENERIC_POLICY_ORIGIN, MLVGM
+from ..base import GENERIC_POLICY_ORIGIN, MLVGM, parse_ranges
 from .checkpoint import load_checkpoint, load_config
 from .networks import LICENSE_URL, Generator, load_weights
 
@@ -27,42 +27,10 @@ from .networks import LICENSE_URL, Generator, load_weights
 def parse_groups(groups, num_ws: int) -> list[tuple[int, int]]:
     """W+ layer ranges [start, end) from ``groups``: an int n or "n" (n contiguous ranges,
     as equal as possible), "layers" (one per layer), "0_2,2_8,..." or [[0, 2], [2, 8], ...]."""
-    spec = groups
-    if isinstance(spec, str) and (s := spec.strip()).isascii() and s.isdecimal() and len(s) <= 6:
-        spec = int(s)  # isdigit() alone lets '²' through, which int() refuses
-    if isinstance(spec, int) and not isinstance(spec, bool):
-        if not 1 <= spec <= num_ws:
-            raise ConfigError(f"StyleGAN2 groups: cannot split {num_ws} W+ layers into {spec} groups (use 1..{num_ws})")
-        bounds = [k * num_ws // spec for k in range(spec + 1)]
-        return list(zip(bounds[:-1], bounds[1:]))
-    if spec == "layers":
+    if groups == "layers":
         return [(k, k + 1) for k in range(num_ws)]
-    if isinstance(spec, str):
-        try:
-            ranges = [tuple(int(v) for v in part.strip().split("_")) for part in spec.split(",")]
-        except ValueError:
-            ranges = [()]
-    elif isinstance(spec, (list, tuple)):
-        ranges = [tuple(r) if isinstance(r, (list, tuple)) else () for r in spec]
-    else:
-        ranges = [()]
-    if not ranges or any(len(r) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in r) for r in ranges):
-        raise ConfigError(f"StyleGAN2 groups: {groups!r} is not understood; use a number of groups (e.g. 4), "
-                          "'layers', a string like '0_4,4_8,...' or a list of [start, end) pairs")
-    ranges = sorted(ranges)
-    for start, end in ranges:
-        if not 0 <= start < end <= num_ws:
-            raise ConfigError(f"StyleGAN2 groups: range {start}_{end} is out of bounds (need 0 <= start < end <= num_ws = {num_ws})")
-    pos = 0
-    for start, end in ranges:
-        if start < pos:
-            raise ConfigError(f"StyleGAN2 groups: range {start}_{end} overlaps the previous one (ends at {pos})")
-        if start > pos:
-            raise ConfigError(f"StyleGAN2 groups: W+ layers {pos}..{start - 1} are in no group; the ranges must cover 0..{num_ws - 1}")
-        pos = end
-    if pos != num_ws:
-        raise ConfigError(f"StyleGAN2 groups: W+ layers {pos}..{num_ws - 1} are in no group; the ranges must cover 0..{num_ws - 1}")
-    return ranges
+    return parse_ranges(groups, num_ws, "StyleGAN2", "W+ layer", "a number of groups (e.g. 4), 'layers', a string "
+                        "like '0_4,4_8,...' or a list of [start, end) pairs")
 
 
 def _row_resolutions(row: int, img_resolution: int) -> tuple[int, int]:

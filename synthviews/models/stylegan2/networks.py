@@ -23,6 +23,7 @@ from torch import nn
 
 from ..._util.checks import brief, check_int, check_number
 from ...errors import ConfigError
+from ..weights import check_names_shapes, first_names
 
 SQRT2 = math.sqrt(2.0)
 # The pretrained StyleGAN2 weights are under the NVIDIA Source Code License (non-commercial use only).
@@ -422,24 +423,11 @@ def load_weights(module: nn.Module, state: Mapping[str, torch.Tensor], what: str
     if not isinstance(state, Mapping) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                                  for k, v in state.items()):
         raise ConfigError(f"{what}: not a state dict (a mapping of names to tensors)")
-    unexpected = [k for k in state if k not in expected]
-    missing = [k for k in expected if k not in state and not k.endswith("resample_filter")]
-    if len(unexpected) == len(state) and state:
+    if state and not any(k in expected for k in state):
         raise ConfigError(f"{what}: not a StyleGAN2 generator: none of its {len(state)} tensor names is a StyleGAN2 "
-                          f"name (it has e.g. {', '.join(list(state)[:3])}; expected e.g. synthesis.b4.const, mapping.fc0.weight)")
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} tensor(s) (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected tensor(s) (e.g. {', '.join(unexpected[:3])})")
-        raise ConfigError(f"{what}: does not match the StyleGAN2 generator of this config: {'; '.join(parts)}. "
-                          "Is the config the one this checkpoint was trained with?")
-    for name, t in state.items():
-        if tuple(t.shape) != tuple(expected[name].shape):
-            raise ConfigError(f"{what}: tensor {name} has shape {list(t.shape)}, the config expects "
-                              f"{list(expected[name].shape)}. Is the config the one of this checkpoint?")
-        if not t.is_floating_point():
-            raise ConfigError(f"{what}: tensor {name} has dtype {t.dtype}, expected a floating-point tensor")
+                          f"name (it has e.g. {first_names(state)}; expected e.g. synthesis.b4.const, mapping.fc0.weight)")
+    check_names_shapes(state, {k: tuple(v.shape) for k, v in expected.items()}, what,
+                       "the StyleGAN2 generator of this config", optional=("resample_filter",), missing_first=True,
+                       hint=lambda: "is the config the one this checkpoint was trained with?")
     full = {k: (state[k] if k in state else v) for k, v in expected.items()}
     module.load_state_dict(full, strict=True)

@@ -24,7 +24,7 @@ import torch
 from ..._util.checks import MAX_POLICY_BYTES, brief, load_json, load_yaml, read_text
 from ..._util.files import sha256_file
 from ...errors import ConfigError
-from ..weights import first_names, flat_tensors, read_tensors
+from ..weights import check_names_shapes, first_names, flat_tensors, read_tensors
 from .networks import RELEASES, BlockSpec, generator_shapes, resolve_hparams
 
 WHAT = "VDVAE checkpoint"
@@ -85,27 +85,12 @@ def check_state(state: Mapping[str, torch.Tensor], cfg: dict, what: str, label: 
                 specs: Sequence[BlockSpec] | None = None) -> None:
     """ConfigError unless ``state`` has exactly the generator's names and shapes of ``cfg``, all float
     (``specs``: ``block_specs(cfg)`` where the caller has them)."""
-    expected = generator_shapes(cfg, specs)
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing tensor(s) (e.g. {first_names(missing)})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected tensor(s) (e.g. {first_names(unexpected)})")
-    shapes = [f"{k} is {list(state[k].shape)} in the file but {list(s)} for the config"
-              for k, s in expected.items() if k in state and tuple(state[k].shape) != s]
-    if shapes:
-        problems.append(f"{len(shapes)} shape mismatch(es): " + "; ".join(shapes[:1]))
-    not_float = [k for k in expected if k in state and not state[k].is_floating_point()]
-    if not_float:
-        problems.append(f"non-float tensor(s): {first_names(not_float)}")
-    if problems:
+    def hint() -> str:
         guess = infer_release(state)
-        hint = (f"it matches the built-in config {guess!r}: use that" if guess else
+        return (f"it matches the built-in config {guess!r}: use that" if guess else
                 "is the config the one this checkpoint was trained with?")
-        raise ConfigError(f"{what} does not match the VDVAE generator of {label}: " + "; ".join(problems)
-                          + f"; {hint}")  # every part bounded: names from the file through first_names
+
+    check_names_shapes(state, generator_shapes(cfg, specs), what, f"the VDVAE generator of {label}", hint=hint)
 
 
 def infer_release(state: Mapping[str, torch.Tensor]) -> str | None:

@@ -27,7 +27,6 @@ made from them is reported as ``mit``.
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 from typing import Mapping
 
@@ -38,7 +37,7 @@ from ..._util.device import resolve_device
 from ...errors import ConfigError
 from ...latents import LatentGroup, TruncatedNormal
 from .._registry import register_model
-from ..base import MLVGM, ChunkedLatents
+from ..base import MLVGM, ChunkedLatents, parse_ranges
 from ..weights import first_names
 from .checkpoint import WHAT, check_state, generator_state, infer_release, load_config, read_checkpoint
 from .networks import (
@@ -55,7 +54,6 @@ from .networks import (
 OUTPUTS = ("sample", "mean")
 MAX_TEMPERATURE = 100.0
 PIXELS = "pixels"
-RANGE = re.compile(r"(\d{1,6})_(\d{1,6})", re.ASCII)  # one "start_end" of explicit groups: ASCII digits, bounded
 
 
 def parse_groups(groups, specs) -> list[tuple[str, int, int]]:
@@ -67,41 +65,17 @@ def parse_groups(groups, specs) -> list[tuple[str, int, int]]:
     every block in order (named ``blocks{start}_{end}``).
     """
     n = len(specs)
-    spec = groups
-    if spec == "resolutions":
+    if groups == "resolutions":
         out, start = [], 0
         for i in range(1, n + 1):
             if i == n or specs[i].res != specs[start].res:
                 out.append((f"res{specs[start].res}", start, i))
                 start = i
         return out
-    if spec == "blocks":
+    if groups == "blocks":
         return [(f"block{i}", i, i + 1) for i in range(n)]
-    if isinstance(spec, str) and (s := spec.strip()).isascii() and s.isdecimal() and len(s) <= 6:
-        spec = int(s)  # isdigit() alone lets '²' through, which int() refuses
-    if isinstance(spec, int) and not isinstance(spec, bool):
-        if not 1 <= spec <= n:
-            raise ConfigError(f"VDVAE groups: cannot split {n} latent blocks into {spec} groups (use 1..{n})")
-        bounds = [k * n // spec for k in range(spec + 1)]
-        return [(f"blocks{s}_{e}", s, e) for s, e in zip(bounds[:-1], bounds[1:])]
-    ranges = None
-    if isinstance(spec, str):
-        matches = [RANGE.fullmatch(part.strip()) for part in spec.split(",")]
-        ranges = [(int(m[1]), int(m[2])) for m in matches] if all(matches) else None
-    elif isinstance(spec, (list, tuple)):
-        ranges = [tuple(r) if isinstance(r, (list, tuple)) else () for r in spec]
-    if not ranges or any(len(r) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in r)
-                         for r in ranges):
-        raise ConfigError(f"VDVAE groups: {brief(groups)} is not understood; use 'resolutions', 'blocks', a number "
-                          "of groups, a string like '0_2,2_7,...' or a list of [start, end) block pairs")
-    pos = 0
-    for s, e in ranges:
-        if s != pos or not s < e <= n:
-            raise ConfigError(f"VDVAE groups: range {s}_{e} does not continue at block {pos}; the [start, end) "
-                              f"ranges must cover blocks 0..{n - 1} in order, without gaps or overlaps")
-        pos = e
-    if pos != n:
-        raise ConfigError(f"VDVAE groups: blocks {pos}..{n - 1} are in no group; the ranges must cover 0..{n - 1}")
+    ranges = parse_ranges(groups, n, "VDVAE", "block", "'resolutions', 'blocks', a number of groups, a string like "
+                          "'0_2,2_7,...' or a list of [start, end) block pairs", in_order=True)
     return [(f"blocks{s}_{e}", s, e) for s, e in ranges]
 
 

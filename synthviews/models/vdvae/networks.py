@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..._util.checks import brief, error
+from ..._util.checks import MAX_CODE, brief, error
 from ...errors import ConfigError
 from ..weights import first_names
 
@@ -58,7 +58,6 @@ REQUIRED = ("image_size", "width", "dec_blocks")
 IGNORED = ("dataset", "enc_blocks")
 MAX_BLOCKS, MAX_RES, MAX_WIDTH, MAX_ZDIM, MAX_MIXTURES = 1000, 4096, 4096, 1024, 100
 MAX_PARAMS = 1_000_000_000  # the releases' generators have 21-67 M; the model is allocated from the config
-MAX_CODE = 2**26  # values in a code (every block's eps + the pixels group); ffhq1024, the largest release, has 32.8 M
 # One dec_blocks item (R, RxK or RmS) and one custom_width_str item (res:width): ASCII digits, bounded length,
 # so that neither int() of a 5000-digit number nor a unicode digit that str.isdigit() accepts gets through.
 BLOCK_ITEM = re.compile(r"(\d{1,5})(?:x(\d{1,5})|m(\d{1,5}))?", re.ASCII)
