@@ -224,6 +224,7 @@ def test_keeping_freed_host_memory_applies_once_on_glibc():
 def test_both_roundings_match_to_uint8_exactly():
     """The CPU path (numpy, per sample) and the device path (torch, in place) round as to_uint8 does."""
     from synthviews._util.images import to_uint8
+    from synthviews.store.encoding import round_into
 
     g = torch.Generator().manual_seed(0)
     x = torch.rand(5, 3, 3, 7, 9, generator=g)
@@ -233,7 +234,7 @@ def test_both_roundings_match_to_uint8_exactly():
     expected = to_uint8(x)
     out = np.empty_like(expected)
     for b in range(len(x)):
-        writer._round_into(x[b].numpy().copy(), out[b])
+        round_into(x[b].numpy().copy(), out[b])
     assert np.array_equal(out, expected)
     assert np.array_equal(writer._rounded_uint8_hwc(x.clone()).numpy(), expected)
 

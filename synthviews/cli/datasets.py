@@ -21,7 +21,8 @@ from ._common import SEED_HELP, add_model_args, add_no_progress, build_model
 # What synthviews.store.writer.generate does when workers is None (tests/test_cli.py checks the two agree).
 WORKERS_HELP = ("image-encoding threads (default: max(1, CPUs - 1) with CUDA, CPUs on CPU, where the generator "
                 "gets every core while encoding costs little next to decoding, as measured on the first batches, "
-                "and leaves the encoders their share otherwise; given, the generator gets the other cores)")
+                "and leaves the encoders their share otherwise; given, the generator gets the other cores); views of up "
+                "to 64x64 pixels, in runs of 1,024+ samples, are encoded by one worker process per thread")
 POLICY_HELP = "policy file (YAML/JSON); default: the model's default policy"
 
 

@@ -1,11 +1,11 @@
 """Offline generation: views -> WebDataset tar shards, a manifest, a dataset card.
 
 The device only decodes: JPEG encoding runs in a thread pool (each batch split
-into one chunk per thread) and tar writing in one writer thread, fed through a
-bounded queue; decoded pixels go into a small ring of reused host buffers
-(pinned, filled by a non-blocking copy on a side stream on CUDA: see
-``_util.device.DeviceCopy``), so memory stays flat. A
-shard is written under a hidden temporary name and renamed when complete,
+into one chunk per thread; small views in worker processes behind the threads,
+see ``encoding``) and tar writing in one writer thread, fed through a bounded
+queue; decoded pixels go into a small ring of reused host buffers (pinned,
+filled by a non-blocking copy on a side stream on CUDA: see
+``_util.device.DeviceCopy``), so memory stays flat. A shard is written under a hidden temporary name and renamed when complete,
 then the manifest is updated atomically, so a killed run leaves only whole
 shards and rerunning the same command continues where it stopped. The manifest
 (or a rank's progress file) is written before the first shard, so even a run
@@ -19,6 +19,7 @@ import os
 import queue
 import threading
 import time
+import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -43,6 +44,7 @@ from ..errors import ConfigError
 from ..models import MLVGM, load_model
 from ..views import DECODE_BLOCK, ViewSampler
 from .card import write_card
+from .encoding import EncoderProcesses, encode_chunk, sample_meta, use_processes
 from .format import (
     PROGRESS_RE,
     SHARD_RE,
@@ -101,9 +103,10 @@ def generate(out: str | Path, model: str | MLVGM = "digits", policy=None, *, sam
     ``batch_size``, which only groups blocks (rounded to whole blocks).
 
     ``workers`` is the number of JPEG/PNG/WebP encoding threads (default: see
-    :func:`default_encoders`). On CPU, by default, the generator gets every core as long as
-    encoding costs little next to decoding (measured on the first batches; the encoders then run
-    in the gaps) and cores minus the encoders' share otherwise; with ``workers`` given it gets
+    :func:`default_encoders`); views of up to 64x64 pixels, in runs of 1,024 samples or
+    more, are encoded by one worker process per thread (see ``encoding``: same bytes). On
+    CPU, by default, the generator gets every core as long as encoding costs little next to
+    decoding (measured on the first batches; the encoders then run in the gaps) and cores minus the encoders' share otherwise; with ``workers`` given it gets
     the other ``cores - workers``. Neither changes the bytes. ``encoder="nvjpeg"`` encodes the
     JPEGs on the CUDA device (torchvision needed); its bytes differ from the default CPU
     encoder's, so the manifest records the encoder and a resume with another one is refused.
@@ -185,7 +188,8 @@ def _generate_locked(out: Path, split: str, config: dict, resume: bool, ranks: R
     owned = sum(ranges[s][1] for s in range(len(ranges)) if ranks.owns(s))
     bar = tqdm(total=owned, initial=owned - sum(ranges[s][1] for s in todo), unit="sample", disable=not progress,
                desc=f"{split} rank {ranks.rank}/{ranks.world_size}" if ranks.world_size > 1 else split)
-    with bar, _ShardPipeline(out, split, format, quality, workers, shard_written) as pipeline:
+    processes = encoder == "cpu" and use_processes(sampler.model.image_shape, sum(ranges[s][1] for s in todo))
+    with bar, _ShardPipeline(out, split, format, quality, workers, shard_written, processes) as pipeline:
         batches = _BatchEncoder(sampler, meta, format, quality, save_latents, pipeline, encoder, cpu_split,
                                 rows=batch_rows(batch_size, sampler.block))
         for s in todo:
@@ -425,44 +429,43 @@ class _BatchEncoder:
         t0 = time.perf_counter()
         batch = self.sampler.sample(idx)
         t1 = time.perf_counter()  # CPU: the decode's wall time
-        meta, latents = self._meta(batch, idx), self._latents(batch)
+        deltas = batch.deltas.numpy()  # (B, K, G); the json is built in the encoding thread or process
+        codes = batch.codes.float().cpu().numpy() if self.save_latents else None
         if self.encoder == "nvjpeg":
-            return self._submit_encoded(idx, batch, meta, latents)
+            return self._submit_encoded(idx, batch, deltas, codes)
         images = batch.images  # (B, 1+K, C, H, W) float in [0, 1]: this batch's own tensor
         if self.ring is None:
             c, h, w = images.shape[2:]
             self.ring = _HostRing(self.copier, (self.rows, images.shape[1], h, w, c))
-        buffer = self.ring.take(lambda: self.pipeline.error)
+        buffer = self.ring.take(lambda: self.pipeline.error)  # also bounds the batches in flight
         try:
-            pixels = buffer[:len(idx)]
-            if images.device.type == "cpu":  # converted sample by sample in the encoding threads (cache-hot)
-                floats, pending = images.detach().float().numpy(), None
+            if images.device.type == "cpu":  # rounded sample by sample where it is encoded (cache-hot)
+                pixels, pending = images.detach().float().numpy(), None
             else:  # rounded on the device, then one non-blocking copy of a quarter of the bytes
-                floats, pending = None, self.copier.start(_rounded_uint8_hwc(images), pixels)
+                pending = self.copier.start(_rounded_uint8_hwc(images), buffer[:len(idx)])
+                pixels = buffer[:len(idx)].numpy()
         except BaseException:
             self.ring.give_back(buffer)
             raise
         if self.split is not None:  # CPU seconds of the decode: its blocks ran on min(threads, blocks) cores
             threads, blocks = torch.get_num_threads(), len(np.unique(idx // self.sampler.block))
             self.split.decoded_batch((t1 - t0) * min(threads, blocks), len(idx))
-        array = pixels.numpy()
+        processes = self.pipeline.processes
 
         def encode(lo: int, hi: int) -> list[dict]:
-            t = time.thread_time()
             if pending is not None:
                 pending.wait()
-            out = []
-            for b in range(lo, hi):
-                if floats is not None:
-                    _round_into(floats[b], array[b])
-                out.append(encode_sample(int(idx[b]), array[b], meta(b), self.fmt, self.quality, latents(b)))
+            args = (idx[lo:hi], pixels[lo:hi], deltas[lo:hi], self.base, self.groups, self.fmt, self.quality,
+                    None if codes is None else codes[lo:hi])
+            # in a worker process this thread only waits for the answer (GIL released)
+            out, cpu_s = encode_chunk(*args) if processes is None else processes.encode(*args)
             if self.split is not None:
-                self.split.encoded_chunk(time.thread_time() - t, hi - lo)
+                self.split.encoded_chunk(cpu_s, hi - lo)
             return out
 
         return _BatchJob(self._chunks(encode, len(idx)), on_done=lambda: self.ring.give_back(buffer))
 
-    def _submit_encoded(self, idx: np.ndarray, batch, meta, latents) -> _BatchJob:
+    def _submit_encoded(self, idx: np.ndarray, batch, deltas: np.ndarray, codes: np.ndarray | None) -> _BatchJob:
         from torchvision.io import encode_jpeg
 
         with torch.inference_mode():
@@ -483,8 +486,9 @@ class _BatchEncoder:
             data = host.numpy()
             out = []
             for b in range(lo, hi):
-                sample = encode_sample(int(idx[b]), np.empty((0,), np.uint8), meta(b), self.fmt, self.quality,
-                                       latents(b))
+                meta = sample_meta(self.base, idx[b], deltas[b], self.groups)
+                sample = encode_sample(int(idx[b]), np.empty((0,), np.uint8), meta, self.fmt, self.quality,
+                                       None if codes is None else codes[b])
                 for v in range(views):
                     j = b * views + v
                     sample[view_field(v, self.fmt)] = data[offsets[j]:offsets[j + 1]].tobytes()
@@ -493,33 +497,11 @@ class _BatchEncoder:
 
         return _BatchJob(self._chunks(encode, len(idx)))
 
-    def _meta(self, batch, idx: np.ndarray):
-        """Sample b's json metadata, built in the encoding thread."""
-        deltas, base, groups = batch.deltas.numpy(), self.base, self.groups  # deltas: (B, K, G)
-        return lambda b: {**base, "index": int(idx[b]), "delta": {g: deltas[b, :, k].tolist()
-                                                                   for k, g in enumerate(groups)}}
-
-    def _latents(self, batch):
-        codes = batch.codes.float().cpu().numpy() if self.save_latents else None
-        return lambda b: None if codes is None else codes[b]
-
     def _chunks(self, encode, n: int) -> list[Future]:
-        """One chunk of consecutive samples per encoder thread, so every thread works on the same batch."""
+        """One chunk of consecutive samples per encoder thread (and its process), so all work on the same batch."""
         pieces = max(1, min(self.pipeline.workers, n))
         bounds = [n * p // pieces for p in range(pieces + 1)]
         return [self.pipeline.pool.submit(encode, lo, hi) for lo, hi in zip(bounds, bounds[1:]) if hi > lo]
-
-
-def _round_into(views: np.ndarray, out: np.ndarray) -> None:
-    """(V, C, H, W) float32 in [0, 1] -> ``out`` (V, H, W, C) uint8, exactly as ``to_uint8`` rounds
-    (float32 x * 255, round half to even); in place on ``views``. numpy, not torch: it runs in
-    the encoding threads without starting OpenMP teams, on one sample at a time (in cache)."""
-    np.clip(views, 0, 1, out=views)
-    np.multiply(views, np.float32(255), out=views)
-    np.rint(views, out=views)
-    with np.errstate(invalid="ignore"):  # NaN pixels (a broken model): whatever the cast gives, as in torch
-        for c in range(views.shape[-3]):  # a channel at a time: 4x faster than one transposing copy
-            np.copyto(out[..., c], views[:, c], casting="unsafe")
 
 
 def _rounded_uint8_hwc(images: torch.Tensor) -> torch.Tensor:
@@ -530,11 +512,24 @@ def _rounded_uint8_hwc(images: torch.Tensor) -> torch.Tensor:
         return x.movedim(-3, -1).to(torch.uint8, memory_format=torch.contiguous_format)
 
 
-class _ShardPipeline:
-    """Encoding pool + one tar-writing thread behind a bounded queue of futures (kept in order)."""
+def _start_processes(workers: int) -> EncoderProcesses | None:
+    """Encoder processes, or None (encode in threads: same bytes, slower) where they cannot start,
+    e.g. an embedded interpreter whose ``sys.executable`` is not a Python with synthviews."""
+    try:
+        return EncoderProcesses(workers)
+    except (OSError, RuntimeError) as e:
+        warnings.warn(f"synthviews generate: encoding in threads, worker processes did not start ({e})", stacklevel=3)
+        return None
 
-    def __init__(self, out: Path, split: str, fmt: str, quality, workers: int, on_shard_done):
+
+class _ShardPipeline:
+    """Encoding pool (threads; with ``processes``, each thread hands its chunks to a worker process of its
+    own) + one tar-writing thread behind a bounded queue of futures (kept in order)."""
+
+    def __init__(self, out: Path, split: str, fmt: str, quality, workers: int, on_shard_done,
+                 processes: bool = False):
         self.out, self.split, self.on_shard_done, self.workers = out, split, on_shard_done, workers
+        self.processes = _start_processes(workers) if processes else None
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="synthviews-encode")
         self.queue: queue.Queue = queue.Queue(maxsize=2 * workers)
         self.error: BaseException | None = None
@@ -575,6 +570,8 @@ class _ShardPipeline:
             raise
         finally:
             self.pool.shutdown(wait=True, cancel_futures=True)
+            if self.processes is not None:
+                self.processes.close()
         if exc_type is None and self.error is not None:
             raise self.error
 
