@@ -18,6 +18,19 @@ def compat_dir() -> Path:
 
 
 @pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``): the tests'
+    tiny networks and the single-threaded decode blocks run several times faster on a busy 2-core machine
+    without OpenMP hand-offs."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
 def toy16():
     """The toy model at 16 px: whole pipelines in a fraction of a second."""
     import synthviews as sv

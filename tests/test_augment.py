@@ -12,13 +12,7 @@ from synthviews.errors import ConfigError
 IN, OUT = 32, 28
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensor ops on a busy shared CPU are many times slower with two OpenMP threads than with one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _images(batch=4, channels=3, side=IN, seed=0):

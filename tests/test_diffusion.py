@@ -23,14 +23,7 @@ from synthviews.errors import ConfigError  # noqa: E402
 from synthviews.models.diffusion import parse_step_groups  # noqa: E402
 from synthviews.views import ViewSampler  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread, as ViewSampler's decode blocks use: 2 shared cores under load make OpenMP teams crawl."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -134,6 +134,7 @@ CHILD = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_ha
          "from synthviews.cli import main; sys.exit(main(sys.argv[1:]))")
 
 
+@pytest.mark.slow  # three 1,200-sample runs: ~30 s
 def test_ctrl_c_with_worker_processes_is_one_line_leaves_no_worker_and_resumes(tmp_path):
     out = tmp_path / "ds"
     argv = ["generate", "--model", "digits", "--samples", "1200", "--shard-size", "100", "--out", str(out),

@@ -104,7 +104,8 @@ def test_summary_pairs_rows_by_seed(ssl):
 # --- end to end -------------------------------------------------------------------
 
 def test_real_and_random_rows_end_to_end(tmp_path):
-    result, stdout = _run(tmp_path, "--rows", "ar", "--steps", "12", "--batch", "16", "--seeds", "2", "--jobs", "2")
+    result, stdout = _run(tmp_path, "--rows", "ar", "--steps", "12", "--batch", "16", "--seeds", "2", "--jobs", "2",
+                          "--draws", "4")
     assert set(result["rows"]) == {"a", "r"} and result["settings"]["split"] == "val"
     assert set(result["runs"]["a"]) == {"0", "1"}
     for row in result["rows"].values():
@@ -114,8 +115,8 @@ def test_real_and_random_rows_end_to_end(tmp_path):
     assert set(result["rows"]["r"]["vs"]["a"]) == set(("few1", "few5", "few10", "linear", "knn"))
     assert "| (a) | real digits" in stdout and "Paired difference vs (a)" in stdout
     # the same settings give the same numbers: seeded training, fixed draws, one thread per job
-    again, _ = _run(tmp_path / "again", "--rows", "ar", "--steps", "12", "--batch", "16", "--seeds", "2",
-                    "--jobs", "1")
+    again, _ = _run(tmp_path / "again", "--rows", "a", "--steps", "12", "--batch", "16", "--seeds", "2",
+                    "--jobs", "1", "--draws", "4")
     assert again["rows"]["a"]["few5"] == result["rows"]["a"]["few5"]
 
 

@@ -20,13 +20,7 @@ from synthviews.train.digits import load_digits_split  # noqa: E402
 SHIPPED = ddpm.Path(ddpm.__file__).resolve().parents[1] / "weights" / "digits_ddpm"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks: one thread is several times faster than two on a loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -30,13 +30,7 @@ N_TINY = 11
 TAGS = ("manual", "partial_k4_t0.5", "uncond_t1", "uncond_t0.8", "uncond_tlist")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tiny model's convolutions are small: on a busy machine, thread hand-offs cost more than they save."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -22,12 +22,7 @@ TINY = WalkerSettings(steps=2, batch=2, warmup=0, eval_every=2, patience=5, eval
                       lr_walker=1e-2)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _tiny_walker_state(d=20, h=4, o=6) -> dict:

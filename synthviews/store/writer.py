@@ -5,12 +5,13 @@ into one chunk per thread; small views in worker processes behind the threads,
 see ``encoding``) and tar writing in one writer thread, fed through a bounded
 queue; decoded pixels go into a small ring of reused host buffers (pinned,
 filled by a non-blocking copy on a side stream on CUDA: see
-``_util.device.DeviceCopy``), so memory stays flat. A shard is written under
-a hidden temporary name and renamed when complete, then the manifest is
-updated atomically, so a killed run leaves only whole shards and rerunning the same command continues where it stopped. The manifest
-(or a rank's progress file) is written before the first shard, so even a run
-killed at once is recognised as this run's; a writer lock (``lock.DatasetLock``)
-keeps a second writer out of the folder while one runs.
+``_util.device.DeviceCopy``), so memory stays flat. A shard is written under a
+hidden temporary name and renamed when complete, then the manifest is updated
+atomically, so a killed run leaves only whole shards and rerunning the same
+command continues where it stopped. The manifest (or a rank's progress file)
+is written before the first shard, so even a run killed at once is recognised
+as this run's; a writer lock (``lock.DatasetLock``) keeps a second writer out
+of the folder while one runs.
 """
 
 from __future__ import annotations
