@@ -96,14 +96,20 @@ def main(argv=None) -> int:
     print(f"  mean confidence {report['mean_confidence']:.3f}; confidence > 0.9: {100 * report['share_confidence_above_0.9']:.1f}%")
     print(f"  nearest training image (L2, 32x32): generated {report['nn_distance_generated_to_train']:.2f}, "
           f"real test {report['nn_distance_test_to_train']:.2f}")
+    print_groups(report)
+    print(f"written to {out}/digits_quality.json, digits_samples.png, digits_preview.png ({report['seconds']} s)")
+    return 0
+
+
+def print_groups(report: dict) -> None:
+    """Per latent group and for the default policy: how often the class is kept, how much pixels change."""
     for name, g in report["groups"].items():
         print(f"  group {name}: class kept {100 * g['class_kept']:.1f}% at std {g['std']}, "
               f"mean |pixel change| {g['mean_abs_pixel_change']:.3f}")
     pv = report["policy_views"]
-    print(f"  default policy {pv['policy']['groups']}: positives keep the anchor's class {100 * pv['class_kept']:.1f}%, "
+    policy = pv["policy"].get("groups") or {"every group": pv["policy"].get("default")}
+    print(f"  default policy {policy}: positives keep the anchor's class {100 * pv['class_kept']:.1f}%, "
           f"mean |pixel change| {pv['mean_abs_pixel_change']:.3f}")
-    print(f"written to {out}/digits_quality.json, digits_samples.png, digits_preview.png ({report['seconds']} s)")
-    return 0
 
 
 # --- the DDPM ----------------------------------------------------------------------
@@ -128,12 +134,7 @@ def family_main(args) -> int:
           f"uniform, smallest {report['min_share_over_uniform']:.2f}x; mean confidence {report['mean_confidence']:.3f}; "
           f"conf > 0.9 {100 * report['share_confidence_above_0.9']:.1f}%; nearest train "
           f"{report['nn_distance_generated_to_train']:.2f} (real test {report['nn_distance_test_to_train']:.2f})")
-    for name, g in report["groups"].items():
-        print(f"  group {name}: class kept {100 * g['class_kept']:.1f}% at std {g['std']}, "
-              f"mean |pixel change| {g['mean_abs_pixel_change']:.3f}")
-    pv = report["policy_views"]
-    print(f"  default policy: positives keep the anchor's class {100 * pv['class_kept']:.1f}%, "
-          f"mean |pixel change| {pv['mean_abs_pixel_change']:.3f}")
+    print_groups(report)
     print(f"written to {out}/digits_ddpm_family_quality.json ({report['seconds']} s)")
     return 0
 
