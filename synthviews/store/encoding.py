@@ -2,8 +2,9 @@
 
 A 32x32 JPEG costs ~80 us of Pillow's Python for ~10 us of libjpeg, all of it
 holding the GIL that the generator's threads need to dispatch their many small
-ops: encoding small views in threads slowed the README's main job (digits) to
-0.86 of a bare decode, in worker processes it runs at 0.96. Large views encode
+ops. Digits (32 px) runs at 0.90 of a bare decode with the encoding in worker
+processes and at 0.86 in threads (benchmarks/bench_generate.py, mean of paired
+rounds); the README's main job takes ~64 s instead of ~70 s. Large views encode
 in C with the GIL released and would push megabytes a sample through the pipes
 (toy 128 px: 0.55 in processes against 0.67 in threads), so they stay in threads.
 Either way the bytes are the same (same numpy rounding, same Pillow).
