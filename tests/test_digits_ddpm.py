@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+import yaml
 
 import synthviews as sv
 from synthviews.errors import ConfigError
@@ -48,3 +49,20 @@ def test_class_label_is_not_an_option_and_missing_weights_are_one_line(monkeypat
     monkeypatch.setattr(mod, "WEIGHTS", tmp_path / "gone")
     with pytest.raises(ConfigError, match="digits-ddpm weights .* are missing"):
         sv.load_model("digits-ddpm")
+
+
+def test_the_default_policy_is_the_analysed_one_for_the_analysed_sampling_only():
+    """The shipped policy was measured on 50 DDPM steps in the default groups: other settings change what a
+    group does (a different step range, another sampler), so they get the generic policy, and say so."""
+    from synthviews.models.digits_ddpm import POLICY
+    from synthviews.policies import resolve_policy
+
+    default = sv.load_model("digits-ddpm")
+    spec = default.default_policy_spec()
+    assert spec == yaml.safe_load(POLICY.read_text()) and set(spec["groups"]) == set(default.group_names)
+    assert "digits_ddpm_policy.yaml" in default.default_policy_origin()
+    assert resolve_policy(None, default).to_dict() == sv.load_policy(POLICY).to_dict()
+    generic = {"kind": "gaussian", "default": {"std": 0.25}}
+    for other in (sv.load_model("digits-ddpm", steps=4), sv.load_model("digits-ddpm", sampler="ddim"),
+                  sv.load_model("digits-ddpm", groups=2), sv.load_model("digits-ddpm", unit_noise=False)):
+        assert other.default_policy_spec() == generic and "generic" in other.default_policy_origin()
