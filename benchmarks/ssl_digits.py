@@ -16,8 +16,9 @@ there. ``--split test`` fits on all of ``train`` and scores ``test``: run once,
 for the final table. Self-supervised training never sees a label: row (a)
 reads the whole train split's images, and the generator was trained on them.
 
-Rows (the paper's, with the digits StyleGAN2; every generated row has the same
-5,000 anchors, stored with K positives by ``synthviews generate``):
+Rows (the paper's; every generated row has the same 5,000 anchors, stored with K
+positives by ``synthviews generate``, from the digits StyleGAN2 or, with
+``--model digits-ddpm``, from the DDPM, each with its own MI-chosen policy):
 
   (a) real: the train split's images, two T_x views
   (b) anchors: synthetic anchors only, two T_x views of each
@@ -47,9 +48,13 @@ its interval excludes 0. The primary metric, fixed before any run, is the
     python benchmarks/ssl_digits.py --rows ae --seeds 3 # a validation comparison
     python benchmarks/ssl_digits.py --quick             # every row, tiny settings, < 5 min
     python benchmarks/ssl_digits.py --compare e BASE/results.json OTHER/results.json  # paired, row (e)
+    python benchmarks/ssl_digits.py --split test --model digits-ddpm --rows abe  # DDPM views, ~60 min
+    python benchmarks/ssl_digits.py --compare e benchmarks/results/ssl_digits/test/results.json \
+        benchmarks/results/ssl_digits/digits-ddpm/test/results.json                 # DDPM vs GAN, row (e)
 
 Writes OUT/results.json and OUT/results.md (default OUT:
-benchmarks/results/ssl_digits/SPLIT, or a temporary folder with --quick).
+benchmarks/results/ssl_digits/SPLIT, benchmarks/results/ssl_digits/MODEL/SPLIT for
+another model than digits, or a temporary folder with --quick).
 Needs scikit-learn.
 """
 
@@ -91,6 +96,8 @@ ROWS = {
     "r": ("random_init", "random-init encoder (no training)"),
 }
 SHARDS = {"b": "mi", "c": "genrep", "d": "copgen", "e": "mi", "f": "learned", "h": "mi"}
+# Row (f)'s default groups: the ones each model's MI analysis does not call semantic
+LEARNED_GROUPS = {"digits": "2_4,4_6,6_8", "digits-ddpm": "init,steps12_24,steps24_36,steps36_49"}
 SIZE = 32  # T_x output side: the images' own size
 KNN = 20
 FEW = (1, 5, 10)    # labels per class
@@ -162,7 +169,7 @@ def row_batches(row: str, args, seed: int, work: Path):
     if row == "a":
         return augmented(real_views(args.steps, args.batch, seed), Augment(args.real_t_x, size=SIZE), seed)
     if row == "g":
-        model = load_model("digits")
+        model = load_model(args.model)
         ds = ContinuousViews(model, resolve_policy(args.policy, model), crops=2,
                              epoch_samples=args.steps * args.batch, batch_size=args.batch,
                              seed=10_000 + seed, device="cpu", t_x=args.t_x, t_x_size=SIZE)
@@ -282,13 +289,13 @@ def rescaled_walker(src: Path, dst: Path, target: float) -> float:
     return factor
 
 
-def train_one_walker(groups: list[str], out: str, quick: bool, threads: int) -> dict:
+def train_one_walker(model_name: str, groups: list[str], out: str, quick: bool, threads: int) -> dict:
     """The walker of ``groups`` with the default settings (``quick``: a few steps, for the smoke run)."""
     from synthviews.analysis.walkers import WalkerSettings, train_walker
 
     settings = (WalkerSettings(steps=10, batch=32, warmup=2, eval_every=5, eval_pairs=64) if quick
                 else WalkerSettings())
-    return train_walker(load_model("digits"), groups, out, settings, device="cpu", resume=False, threads=threads)
+    return train_walker(load_model(model_name), groups, out, settings, device="cpu", resume=False, threads=threads)
 
 
 def make_walker_policies(work: Path, model, policy, args, pool) -> dict:
@@ -300,7 +307,7 @@ def make_walker_policies(work: Path, model, policy, args, pool) -> dict:
     if "f" in args.rows:
         for g in args.learned_groups:
             jobs[g] = [g]
-    futures = {name: pool.submit(train_one_walker, groups, str(work / f"walker_{name}.pt"), args.quick,
+    futures = {name: pool.submit(train_one_walker, args.model, groups, str(work / f"walker_{name}.pt"), args.quick,
                                        args.threads)
                for name, groups in jobs.items()}
     info, policies = {}, {}
@@ -320,10 +327,16 @@ def make_walker_policies(work: Path, model, policy, args, pool) -> dict:
 
 
 def make_shards(work: Path, model, policies: dict, args) -> None:
-    """One shard set per needed policy, same anchors (data seed), 1 + K images each."""
-    for name, pol in policies.items():
-        generate(work / name, model, pol, samples=args.anchors, views=args.positives, seed=args.data_seed,
-                 shard_size=max(1, args.anchors // 8), batch_size=256, device="cpu", workers=1)
+    """One shard set per needed policy, same anchors (data seed), 1 + K images each, made with every core
+    (the thread counts do not change the bytes)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)
+    try:
+        for name, pol in policies.items():
+            generate(work / name, model, pol, samples=args.anchors, views=args.positives, seed=args.data_seed,
+                     shard_size=max(1, args.anchors // 8), batch_size=256, device="cpu")
+    finally:
+        torch.set_num_threads(threads)
 
 
 @torch.no_grad()
@@ -388,7 +401,7 @@ def run(args) -> dict:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     work = Path(tempfile.mkdtemp(prefix="ssl_digits_"))
-    model = load_model("digits")
+    model = load_model(args.model)
     policy = resolve_policy(args.policy, model)
     result = {"settings": {k: v for k, v in vars(args).items() if k != "out"},
               "policy_mi": policy.to_dict(), "model_id": model.model_id, "primary": PRIMARY,
@@ -450,8 +463,8 @@ def table(result: dict) -> str:
     s = result["settings"]
     pool, scored = POOL[s["split"]]
     kept = result.get("class_kept", {})
-    lines = [f"Contrastive training on digits: {s['steps']} steps x {2 * s['batch']} images, {s['seeds']} seeds "
-             f"(temperature {s['temperature']}, T_x {s['t_x']} on generated rows, {s['real_t_x']} on real); frozen "
+    lines = [f"Contrastive training on digits: {s['steps']} steps x {2 * s['batch']} images, {s['seeds']} seeds, "
+             f"generated rows from `{s.get('model', 'digits')}` (temperature {s['temperature']}, T_x {s['t_x']} on generated rows, {s['real_t_x']} on real); frozen "
              f"features, probes fit on `{pool}` and scored on `{scored}`: top-1 % with 1 / 5 / 10 labels per class "
              f"(mean of {s.get('draws', DRAWS)} draws), all labels (logistic regression) and cosine {KNN}-NN. Primary metric: "
              f"{PRIMARY}.", "",
@@ -494,6 +507,9 @@ def compare(paths: list[str], row: str) -> str:
         cells = [f"{100 * mat[m].mean():.2f}" + ("" if mat is mats[0] else f" ({_diff(paired_ci(mat[m], mats[0][m]))})")
                  for m in METRICS]
         name = Path(path).parent.name
+        model = r.get("settings", {}).get("model", "digits")  # results of before --model: the StyleGAN2's
+        if model != "digits":
+            name = f"{model} {name}"
         lines.append(f"| {name} | {'-' if kept is None else f'{100 * kept:.1f}%'} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -519,9 +535,11 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--real-t-x", default="simclr", choices=["no_color", "simclr", "no_crop", "none"],
                    help="T_x of row (a) (default: simclr, SimCLR's)")
     p.add_argument("--genrep-std", type=float, default=0.2, help="row (c)'s std on every group (default: 0.2)")
-    p.add_argument("--learned-groups", default="2_4,4_6,6_8",
-                   help="groups of row (f)'s walkers, one each (default: 2_4,4_6,6_8: the groups the digits "
-                        "analysis does not call semantic)")
+    p.add_argument("--model", default="digits", choices=sorted(LEARNED_GROUPS),
+                   help="the generator of rows (b)-(h) (default: digits, the StyleGAN2; digits-ddpm: the DDPM)")
+    p.add_argument("--learned-groups",
+                   help="groups of row (f)'s walkers, one each (default: the groups the model's analysis does "
+                        "not call semantic: " + "; ".join(f"{m} {g}" for m, g in LEARNED_GROUPS.items()) + ")")
     p.add_argument("--walker-scale", type=float, nargs=2, default=(0.5, 1.5), metavar=("LO", "HI"),
                    help="per-view step scale of the walker rows, after rescaling (default: 0.5 1.5)")
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate, one-cycle (default: 2e-3)")
@@ -539,11 +557,12 @@ def parse(argv=None) -> argparse.Namespace:
             setattr(args, key, value)
     if args.out is None:
         args.out = (tempfile.mkdtemp(prefix="ssl_digits_quick_") if args.quick
-                    else f"benchmarks/results/ssl_digits/{args.split}")
+                    else f"benchmarks/results/ssl_digits/{args.split}" if args.model == "digits"
+                    else f"benchmarks/results/ssl_digits/{args.model}/{args.split}")
     if not set(args.rows) <= set(ROWS) or not args.rows:
         p.error(f"--rows takes letters from {''.join(ROWS)}, got {args.rows!r}")
     args.rows = "".join(r for r in ROWS if r in args.rows)
-    args.learned_groups = [g for g in args.learned_groups.split(",") if g]
+    args.learned_groups = [g for g in (args.learned_groups or LEARNED_GROUPS[args.model]).split(",") if g]
     return args
 
 

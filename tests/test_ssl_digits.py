@@ -149,3 +149,27 @@ def test_compare_pairs_one_row_across_runs(ssl, tmp_path):
     assert "| stricter | 85.0% | 79.00 (**-2.00 [-2.00, -2.00]**)" in text
     with pytest.raises(SystemExit, match="no row"):
         ssl.compare(paths, "a")
+    ddpm = json.loads(Path(paths[1]).read_text())
+    ddpm["settings"] = {"model": "digits-ddpm"}
+    Path(paths[1]).write_text(json.dumps(ddpm))
+    assert "| digits-ddpm stricter | 85.0% |" in ssl.compare(paths, "e")
+
+
+def test_model_option_picks_the_generator_its_groups_and_its_folder(ssl):
+    args = ssl.parse(["--split", "test", "--model", "digits-ddpm", "--rows", "abf"])
+    assert args.out == "benchmarks/results/ssl_digits/digits-ddpm/test"
+    assert args.learned_groups == ["init", "steps12_24", "steps24_36", "steps36_49"]
+    plain = ssl.parse(["--split", "test"])
+    assert plain.model == "digits" and plain.out == "benchmarks/results/ssl_digits/test"
+    assert plain.learned_groups == ["2_4", "4_6", "6_8"]
+    with pytest.raises(SystemExit):
+        ssl.parse(["--model", "toy"])
+
+
+def test_ddpm_rows_end_to_end(tmp_path):
+    result, stdout = _run(tmp_path, "--model", "digits-ddpm", "--rows", "be", "--anchors", "8", "--positives", "1",
+                          "--steps", "3", "--batch", "4", "--seeds", "1", "--jobs", "1", "--draws", "2")
+    assert result["model_id"].startswith("digits-ddpm") and result["settings"]["model"] == "digits-ddpm"
+    assert "generated rows from `digits-ddpm`" in stdout
+    assert result["policy_mi"]["groups"]["steps0_12"] == "fixed"  # the DDPM's own MI-chosen policy
+    assert 0 <= result["class_kept"]["mi"] <= 1

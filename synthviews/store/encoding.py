@@ -152,9 +152,16 @@ class _Worker:
         lines = self.log.read().decode(errors="replace").strip().splitlines()
         return lines[-1][-300:] if lines else "no message"
 
+    def stop(self) -> None:
+        """Close the worker's stdin: its loop ends at EOF (without waiting for it to exit)."""
+        try:
+            self.proc.stdin.close()
+        except OSError:  # a dead worker's pipe: close() below reaps it
+            pass
+
     def close(self) -> None:
         try:
-            self.proc.stdin.close()  # the worker's loop ends at EOF
+            self.proc.stdin.close()  # the worker's loop ends at EOF (no-op after stop)
             self.proc.wait(timeout=10)
         except (OSError, subprocess.TimeoutExpired):
             self.proc.kill()
@@ -188,6 +195,8 @@ class EncoderProcesses:
             self.free.put(worker)
 
     def close(self) -> None:
+        for worker in self.workers:  # all told first, so they exit together
+            worker.stop()
         for worker in self.workers:
             worker.close()
         self.workers = []
