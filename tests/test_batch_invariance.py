@@ -18,7 +18,7 @@ from synthviews._util.device import deterministic_algorithms
 from synthviews.errors import ConfigError
 from synthviews.models.adapter import from_module
 from synthviews.store.manifest import read_manifest, write_manifest
-from synthviews.store.writer import block_aligned_batches, generate
+from synthviews.store.writer import block_aligned_batches, generate, shard_batches
 from synthviews.views import ViewSampler
 
 
@@ -145,6 +145,34 @@ def test_batches_fall_on_block_boundaries():
     ranges = [(int(b[0]), int(b[-1]) + 1) for b in block_aligned_batches(10, 70, batch_size=40, block=16)]
     assert ranges == [(10, 32), (32, 64), (64, 70)]  # 40 rounds to 2 blocks: boundaries at multiples of 32
     assert [len(b) for b in block_aligned_batches(0, 5, batch_size=1, block=16)] == [5]
+
+
+def test_batches_run_on_across_shards_and_end_each_shard_once():
+    ranges = [(0, 10), (10, 10), (20, 10), (30, 5)]
+    got = [(int(i[0]), int(i[-1]) + 1, parts, ended)
+           for i, parts, ended in shard_batches(ranges, [0, 1, 3], batch_size=16, block=16)]
+    assert got == [(0, 16, [(0, 0, 10), (1, 10, 16)], {0}), (16, 20, [(1, 0, 4)], {1}),  # shard 2 done: a gap
+                   (30, 32, [(3, 0, 2)], set()), (32, 35, [(3, 0, 3)], {3})]
+
+
+def test_shards_smaller_than_a_block_decode_each_block_once(tmp_path, monkeypatch):
+    calls = []
+    decode = ViewSampler._block_of
+    monkeypatch.setattr(ViewSampler, "_block_of", lambda self, idx, *a: calls.append(int(idx[0])) or decode(self, idx, *a))
+    settings = dict(samples=40, views=1, seed=0, device="cpu", model_kwargs={"resolution": 16}, progress=False)
+    generate(tmp_path / "small", "toy", None, shard_size=3, **settings)
+    assert sorted(calls) == [0, 16, 32]  # 14 shards, 3 blocks: each decoded once
+    generate(tmp_path / "one", "toy", None, shard_size=40, **settings)
+    samples = [(tmp_path / d).glob("train-*.tar") for d in ("small", "one")]
+    small, one = ([m for t in sorted(g) for m in _members(t)] for g in samples)
+    assert len(small) == len(one) == 40 * 3 and small == one  # same bytes, whatever the shard size
+
+
+def _members(tar_path):
+    import tarfile
+
+    with tarfile.open(tar_path) as tar:
+        return [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
 
 
 def test_a_resume_that_would_change_the_bytes_is_refused(tmp_path):

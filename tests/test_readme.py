@@ -171,3 +171,41 @@ def test_the_pinned_frameworks_install_keeps_torch_2_13_and_pulls_no_cuda():
     assert resolved.get("torch", "2.13.0").split("+")[0] == "2.13.0", resolved
     assert not [name for name in resolved if name.startswith("nvidia-")], resolved
     assert resolved.get("torchvision", "0.28.0") == "0.28.0" and "lightly" in resolved
+
+
+# --- every shell command parses ---------------------------------------------------------------------------
+
+def _shell_commands():
+    """The README's bash lines (continuations joined, comments and ``[optional]`` flags dropped) that run
+    synthviews or one of the benchmarks: what a reader copies, checked against the parsers they reach."""
+    import shlex
+
+    text = (ROOT / "README.md").read_text()
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            for command in line.split("&&"):
+                words = [w for w in shlex.split(command, comments=True) if not w.startswith("[")]
+                if words[:1] == ["synthviews"] or words[:2] and words[0] == "python" and words[1].startswith("benchmarks/"):
+                    yield words
+
+
+def test_every_shell_command_parses():
+    import importlib.util
+
+    from synthviews.cli.app import build_parser
+
+    seen = {"synthviews": 0, "benchmarks": 0}
+    for words in _shell_commands():
+        if words[0] == "synthviews":
+            build_parser().parse_args(words[1:])  # SystemExit(2) names a flag the CLI does not have
+            seen["synthviews"] += 1
+            continue
+        spec = importlib.util.spec_from_file_location(Path(words[1]).stem, ROOT / words[1])
+        script = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(script)
+        if words[2:3] == ["--compare"]:
+            assert script.compare([str(ROOT / p) for p in words[4:]], words[3])
+        else:
+            script.parse(words[2:])
+        seen["benchmarks"] += 1
+    assert seen["synthviews"] >= 15 and seen["benchmarks"] >= 3

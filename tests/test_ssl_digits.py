@@ -153,6 +153,15 @@ def test_compare_pairs_one_row_across_runs(ssl, tmp_path):
     ddpm["settings"] = {"model": "digits-ddpm"}
     Path(paths[1]).write_text(json.dumps(ddpm))
     assert "| digits-ddpm stricter | 85.0% |" in ssl.compare(paths, "e")
+    assert "Row (a)" not in ssl.compare(paths, "e")
+    for path, acc in zip(paths, (0.9, 0.91)):  # with real-data runs: row (a) shows the runs' own difference
+        r = json.loads(Path(path).read_text())
+        r["runs"]["a"] = {s: {"scores": {m: [acc] * len(v) for m, v in run["scores"].items()}}
+                          for s, run in r["runs"]["e"].items()}
+        Path(path).write_text(json.dumps(r))
+    text = ssl.compare(paths, "e")
+    assert text.index("Row (e)") < text.index("Row (a), real digits") < text.index("| digits-ddpm stricter | - | 91.00 (**+1.00")
+    assert ssl.compare(paths, "a").count("| digits-ddpm stricter |") == 1
 
 
 def test_model_option_picks_the_generator_its_groups_and_its_folder(ssl):

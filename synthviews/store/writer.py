@@ -193,14 +193,15 @@ def _generate_locked(out: Path, split: str, config: dict, resume: bool, ranks: R
     with bar, _ShardPipeline(out, split, format, quality, workers, shard_written, processes) as pipeline:
         batches = _BatchEncoder(sampler, meta, format, quality, save_latents, pipeline, encoder, cpu_split,
                                 rows=batch_rows(batch_size, sampler.block))
-        for s in todo:
-            first, count = ranges[s]
-            for idx in block_aligned_batches(first, first + count, batch_size, sampler.block):
-                pipeline.submit(s, batches.submit(idx))
-                bar.update(len(idx))
-                bar.set_postfix_str(f"{bar.format_dict['rate'] or 0:.0f} samples/s, "
-                                    f"{(bar.format_dict['rate'] or 0) * (1 + views):.0f} views/s", refresh=False)
-            pipeline.end_shard(s, first, count)
+        for idx, parts, ended in shard_batches(ranges, todo, batch_size, sampler.block):
+            job = batches.submit(idx)
+            for s, lo, hi in parts:
+                pipeline.submit(s, _Part(job, lo, hi))
+                if s in ended:
+                    pipeline.end_shard(s, *ranges[s])
+            bar.update(len(idx))
+            bar.set_postfix_str(f"{bar.format_dict['rate'] or 0:.0f} samples/s, "
+                                f"{(bar.format_dict['rate'] or 0) * (1 + views):.0f} views/s", refresh=False)
 
     if ranks.world_size == 1 or ranks.use_torch_distributed:  # independent jobs end with `synthviews merge`
         barrier(ranks)
@@ -223,6 +224,33 @@ def block_aligned_batches(start: int, stop: int, batch_size: int, block: int):
         end = min(stop, (start // step + 1) * step)
         yield np.arange(start, end)
         start = end
+
+
+def shard_batches(ranges: list, todo: list[int], batch_size: int, block: int):
+    """(indices, [(shard, lo, hi) of the indices' positions], shards that end in it) for the ``todo`` shards
+    in order. A batch runs on across consecutive shards, so a decode block on a shard boundary (shards
+    of 1,000 samples, blocks of 16) is decoded once, not once per shard."""
+    runs: list[list] = []  # [start, stop, shards] of consecutive todo shards
+    for s in todo:
+        first, count = ranges[s]
+        if runs and runs[-1][1] == first:
+            runs[-1][1] += count
+            runs[-1][2].append(s)
+        else:
+            runs.append([first, first + count, [s]])
+    for start, stop, shards in runs:
+        k = 0
+        for idx in block_aligned_batches(start, stop, batch_size, block):
+            lo, hi = int(idx[0]), int(idx[-1]) + 1
+            parts, ended = [], set()
+            while k < len(shards):
+                first, count = ranges[shards[k]]
+                parts.append((shards[k], max(first, lo) - lo, min(first + count, hi) - lo))
+                if first + count > hi:
+                    break
+                ended.add(shards[k])
+                k += 1
+            yield idx, parts, ended
 
 
 def _check_out_folder(out: Path, split: str, config: dict | None, resume: bool) -> dict[int, dict]:
@@ -405,6 +433,16 @@ class _BatchJob:
 
     def result(self) -> list[dict]:
         return [sample for f in self.futures for sample in f.result()]
+
+
+class _Part:
+    """Samples ``lo:hi`` of a batch job: the share of one shard when a batch spans two."""
+
+    def __init__(self, job: _BatchJob, lo: int, hi: int):
+        self.job, self.lo, self.hi = job, lo, hi
+
+    def result(self) -> list[dict]:
+        return self.job.result()[self.lo:self.hi]
 
 
 class _BatchEncoder:
