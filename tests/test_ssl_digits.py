@@ -175,6 +175,7 @@ def test_model_option_picks_the_generator_its_groups_and_its_folder(ssl):
         ssl.parse(["--model", "toy"])
 
 
+@pytest.mark.slow  # 40-60 s: the DDPM decodes a whole block of 16 anchors at 50 steps
 def test_ddpm_rows_end_to_end(tmp_path):
     result, stdout = _run(tmp_path, "--model", "digits-ddpm", "--rows", "be", "--anchors", "8", "--positives", "1",
                           "--steps", "3", "--batch", "4", "--seeds", "1", "--jobs", "1", "--draws", "2")

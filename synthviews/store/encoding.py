@@ -133,6 +133,10 @@ class _Worker:
         except (EOFError, OSError):
             ok, result = False, None
         if not ok or result != "ready":
+            try:  # its pipe closed as it exits: wait a moment for the exit code the message names
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
             raise RuntimeError(f"an encoding process (pid {self.proc.pid}) did not start (exit code "
                                f"{self.proc.poll()}): {self._last_line()}")
 
