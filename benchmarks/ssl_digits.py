@@ -46,10 +46,11 @@ its interval excludes 0. The primary metric, fixed before any run, is the
 
 Runs repeat to the bit on one machine (two 300-step trainings of row (a), same
 losses); on another machine (CPU, library builds) floats round differently and
-300 steps of training amplify it: row (a) of the two test runs below, same
-settings on two machines, differs by -0.61 [-1.54, +0.37] points with 5 labels. So rows are compared within one run, and
-``--compare`` of another row across runs also prints row (a)'s differences,
-the size of that run-to-run noise.
+300 steps of training amplify it: row (a) of the two stored test runs (the
+GAN's and the DDPM's, commands below), same settings on two machines, differs
+by -0.61 [-1.54, +0.37] points with 5 labels. So rows are compared within one
+run, and ``--compare`` of another row across runs also prints row (a)'s
+differences, the size of that run-to-run noise.
 
     python benchmarks/ssl_digits.py --split test        # the final table, ~55 min on 2 CPU cores
     python benchmarks/ssl_digits.py --rows ae --seeds 3 # a validation comparison
@@ -499,17 +500,27 @@ def table(result: dict) -> str:
 
 def compare(paths: list[str], row: str) -> str:
     """Row ``row`` of several runs (results.json files with the same seeds) against the first, paired by seed
-    and label draw: how the validation choices were made."""
+    and label draw: how the validation choices were made. With another row than (a), row (a) follows: the
+    same real data in every run, so its differences are the runs' own."""
     results = [json.loads(Path(p).read_text()) for p in paths]
+    lines = [f"Row ({row}) of each run vs the first: mean top-1 % (paired difference, 95% bootstrap interval; "
+             "bold: excludes 0).", "", *_compare_rows(paths, results, row)]
+    if row != "a" and all(r["runs"].get("a") for r in results):
+        lines += ["", "Row (a), real digits, is the same data in every run: its differences are the runs' own "
+                  "(another machine or library build rounds differently; see the module docstring).", "",
+                  *_compare_rows(paths, results, "a")]
+    return "\n".join(lines)
+
+
+def _compare_rows(paths: list[str], results: list[dict], row: str) -> list[str]:
+    """The table of :func:`compare` for one row."""
     mats = []
     for path, r in zip(paths, results):
         runs = r["runs"].get(row)
         if not runs:
             raise SystemExit(f"{path}: no row ({row})")
         mats.append(score_matrix(runs))
-    lines = [f"Row ({row}) of each run vs the first: mean top-1 % (paired difference, 95% bootstrap interval; "
-             "bold: excludes 0).", "", "| run | class kept | 1 label | 5 labels | 10 labels | all labels | kNN |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| run | class kept | 1 label | 5 labels | 10 labels | all labels | kNN |", "|---|---|---|---|---|---|---|"]
     for path, r, mat in zip(paths, results, mats):
         kept = None if row in "abr" else r.get("class_kept", {}).get(SHARDS.get(row, "mi"))
         cells = [f"{100 * mat[m].mean():.2f}" + ("" if mat is mats[0] else f" ({_diff(paired_ci(mat[m], mats[0][m]))})")
@@ -519,11 +530,7 @@ def compare(paths: list[str], row: str) -> str:
         if model != "digits":
             name = f"{model} {name}"
         lines.append(f"| {name} | {'-' if kept is None else f'{100 * kept:.1f}%'} | " + " | ".join(cells) + " |")
-    if row != "a" and all(r["runs"].get("a") for r in results):
-        lines += ["", "Row (a), real digits, is the same data in every run: its differences are the runs' own "
-                  "(another machine or library build rounds differently; see the module docstring).", ""]
-        lines += compare(paths, "a").splitlines()[2:]
-    return "\n".join(lines)
+    return lines
 
 
 def parse(argv=None) -> argparse.Namespace:

@@ -6,9 +6,13 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _bash_blocks(text: str) -> list[str]:
+    return re.findall(r"```bash\n(.*?)```", text, re.S)
+
+
 def _opening_commands():
     text = (ROOT / "README.md").read_text()
-    block = re.search(r"```bash\n(.*?)```", text, re.S).group(1)
+    block = _bash_blocks(text)[0]
     assert text.index("```bash") < text.index("\n## "), "the commands must open the README"
     return [line for line in block.splitlines() if line.strip()]
 
@@ -180,8 +184,7 @@ def _shell_commands():
     synthviews or one of the benchmarks: what a reader copies, checked against the parsers they reach."""
     import shlex
 
-    text = (ROOT / "README.md").read_text()
-    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+    for block in _bash_blocks((ROOT / "README.md").read_text()):
         for line in block.replace("\\\n", " ").splitlines():
             for command in line.split("&&"):
                 words = [w for w in shlex.split(command, comments=True) if not w.startswith("[")]
