@@ -1,5 +1,6 @@
 """The batched reader (issue 14): workers decode to uint8 and collate uint8; float conversion,
-normalisation and T_x run per batch (in the workers, or on the training device), and every batch
+normalisation and T_x run per batch (T_x in the workers, or on the training device; the plain
+conversion in the main process), and every batch
 equals what the per-sample path gives, collated: same pixels, same keyed T_x parameters per sample."""
 
 import io
@@ -139,6 +140,53 @@ def test_device_side_finishing_gives_the_same_batches(dataset):
         assert on_gpu[0][0][0].device.type == "cuda"
         for a, b in zip(on_gpu, reference):
             torch.testing.assert_close(a[0][0].cpu(), b[0][0], rtol=0, atol=1e-4)
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
+@pytest.mark.parametrize("output, latents", [("tuple", False), ("dict", True)])
+def test_without_t_x_workers_send_uint8_and_the_main_process_converts(dataset, output, latents):
+    """Float views made in a worker's fresh shared memory cost it as much CPU in page faults as the
+    decode: without T_x the worker sends the uint8 batch (a quarter of the bytes) and the main process
+    converts it, to exactly what the in-process path gives."""
+    kw = dict(shuffle=0, pairs=[0, 1], return_latents=latents, output=output)
+    first = lambda batch: batch["key"][0] if output == "dict" else int(batch[-1][0])  # noqa: E731
+    reference = {first(b): b for b in loader(dataset, batch_size=BATCH, **kw)}
+    got = {first(b): b for b in loader(dataset, batch_size=BATCH, num_workers=2, **kw)}
+    assert got.keys() == reference.keys() and len(got) == 64 // BATCH
+    for k in got:
+        _assert_same(got[k], reference[k])
+    views = ShardViews(dataset, batch_size=BATCH, num_workers=1, **kw)
+    batched = views.batched()
+    sent = next(iter(torch.utils.data.DataLoader(batched, batch_size=BATCH, num_workers=1,
+                                                 collate_fn=batched.collate)))
+    assert isinstance(sent, shards_module.RawBatch) and sent.pixels.dtype == torch.uint8
+    with_t_x = ShardViews(dataset, batch_size=BATCH, num_workers=1, t_x="simclr", t_x_size=12, shuffle=0)
+    batched = with_t_x.batched()
+    sent = next(iter(torch.utils.data.DataLoader(batched, batch_size=BATCH, num_workers=1,
+                                                 collate_fn=batched.collate)))
+    assert not isinstance(sent, shards_module.RawBatch)  # a CPU T_x runs in the workers, where the cores are
+
+
+def test_pinned_pixels_give_pinned_views(dataset, monkeypatch):
+    """With pin_memory=True the DataLoader pins the uint8 batch; the views made from it in the main process
+    come from pinned memory too, so ``.cuda(non_blocking=True)`` stays asynchronous (checked with a stand-in
+    for the CUDA host allocator)."""
+    views = ShardViews(dataset, batch_size=BATCH, shuffle=0, pairs=[0, 1])
+    records = list(iter(views.batched()))[:BATCH]
+    raw = views.collate(records, device=torch.device("cpu"))
+    plain = views.finish(raw)
+    pinned_requests = []
+    real_empty = torch.empty
+
+    def empty(*args, pin_memory=False, **kwargs):
+        pinned_requests.append(pin_memory)
+        return real_empty(*args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "is_pinned", lambda self: True)
+    monkeypatch.setattr(torch, "empty", empty)
+    got = views.finish(raw)
+    assert pinned_requests == [True, True]
+    _assert_same(got, plain)
 
 
 def test_augment_seeds_give_each_row_its_own_batch_of_one_draw():

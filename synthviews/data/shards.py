@@ -425,8 +425,11 @@ class ShardViews(torch.utils.data.IterableDataset):
 
     def collate(self, records: list, device=None):
         """Records of one batch (in a DataLoader worker) -> a :class:`RawBatch` of uint8 pixels, finished here
-        into the output layout unless ``device`` is given (then :meth:`finish` runs there, on the training
-        device). Custom T_x callables: the records are finished items already, default-collated."""
+        into the output layout with a T_x preset on the CPU. Otherwise the uint8 batch is what the worker sends
+        and :meth:`finish` runs in the main process (on ``device``, the training device, if given): a uint8
+        batch is a quarter of the float bytes to put in fresh shared memory, which cost a worker as much CPU
+        (page faults) as the JPEG decode. Custom T_x callables: the records are finished items already,
+        default-collated."""
         if not self.batchable:
             return default_collate(records)
         first = records[0].images
@@ -437,8 +440,9 @@ class ShardViews(torch.utils.data.IterableDataset):
                              f"channels {sorted(shapes)}: they cannot be batched")
         h, w, c = first[0].shape
         in_worker = torch.utils.data.get_worker_info() is not None
+        send_raw = device is not None or (in_worker and self.t_x is None)
         # in a worker, what goes to the main process is made in shared memory: no copy when it is sent
-        pixels = _empty((len(records), crops, c, h, w), torch.uint8, in_worker and device is not None)
+        pixels = _empty((len(records), crops, c, h, w), torch.uint8, in_worker and send_raw)
         target = pixels.numpy()
         for b, record in enumerate(records):
             for slot, array in enumerate(record.images):
@@ -456,19 +460,20 @@ class ShardViews(torch.utils.data.IterableDataset):
                     seeds[rows, slot] = keys.astype(np.int64)
         extra = default_collate([r.extra for r in records]) if records[0].extra else {}
         batch = RawBatch(pixels, torch.from_numpy(index), [r.key for r in records], seeds, extra)
-        return batch if device is not None else self.finish(batch, shared=in_worker)
+        return batch if send_raw else self.finish(batch)
 
-    def finish(self, batch: "RawBatch", device=None, shared: bool = False):
+    def finish(self, batch: "RawBatch", device=None):
         """A uint8 batch -> the item layout: float in [0, 1] (on ``device`` if given), T_x per batch with each
         sample's own keyed parameters (the same as the per-sample path draws), one tensor (B, C, h, w) per crop.
-        ``shared``: make untransformed views in shared memory (a worker sends them without a copy)."""
+        Pinned pixels (``pin_memory=True``) give pinned views on the CPU, as when the DataLoader pinned them."""
         pixels = batch.pixels
         if device is not None:
             pixels = pixels.to(device, non_blocking=True)
+        pinned = pixels.device.type == "cpu" and pixels.is_pinned()
         views = []
         for slot in range(pixels.shape[1]):
-            if self.t_x is None and shared:
-                x = _empty(pixels[:, slot].shape, torch.float32, True).copy_(pixels[:, slot]).div_(255)
+            if pinned:  # from torch's caching host allocator: recycled, no fresh pages
+                x = torch.empty(pixels[:, slot].shape, pin_memory=True).copy_(pixels[:, slot]).div_(255)
             else:
                 x = pixels[:, slot].float().div_(255)  # exactly the per-sample conversion
             if self.t_x is not None:
