@@ -118,11 +118,15 @@ class ViewSampler:
             raise ConfigError(f"sample indices must be >= 0, got {int(idx.min())}")
         blocks, slot = np.unique(idx // self.block, return_inverse=True)
         parts = self._run_blocks([int(b) for b in blocks], decode, inference)
-        rows = torch.from_numpy(slot.reshape(-1) * self.block + idx % self.block)
+        order = slot.reshape(-1) * self.block + idx % self.block
+        # whole blocks in order (what generate and ContinuousViews ask for): the blocks as they are, no
+        # gather copy (at 128 px a batch's images are ~40 MB: a fresh mapping, page-faulted in, per copy)
+        every_row = order.size == len(parts) * self.block and np.array_equal(order, np.arange(order.size))
+        rows = torch.from_numpy(order)
 
         def pick(name: str) -> torch.Tensor:
             whole = torch.cat([getattr(p, name) for p in parts]) if len(parts) != 1 else getattr(parts[0], name)
-            return whole[rows.to(whole.device)]
+            return whole if every_row else whole[rows.to(whole.device)]
 
         if not parts:
             with torch.no_grad():
