@@ -160,15 +160,16 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, help="rounds of every loop, median kept (default: 3; --quick 1)")
     p.add_argument("--width", type=int, default=32, help="encoder base width (default: 32)")
     p.add_argument("--threads", type=int, help=f"torch threads of the other loops (default: {cores}; --quick 1)")
+    half = max(1, cores // 2)
+    alternatives = f"{cores}:{half},{max(1, cores - half)}:{cores}"  # each side on every core beside the other's half
     p.add_argument("--splits", help="overlap rows as TRAIN:DECODE torch threads, comma-separated, CPU only "
-                                    f"(default: {cores}:{max(1, cores // 2)},{max(1, cores - cores // 2)}:"
-                                    f"{max(1, cores // 2)}; --quick 1:1)")
+                                    f"(default: {alternatives}; --quick 1:1)")
     p.add_argument("--device", default="cpu", help="generator and training device (default: cpu)")
     p.add_argument("--out", help="folder for results.json (default: nothing written)")
     args = p.parse_args(argv)
     quick = {"model": "toy", "steps": 4, "batch": 16, "rounds": 1, "splits": "1:1", "threads": 1}
     full = {"model": "digits", "steps": 40, "batch": 128, "rounds": 3, "threads": cores,
-            "splits": f"{cores}:{max(1, cores // 2)},{max(1, cores - cores // 2)}:{max(1, cores // 2)}"}
+            "splits": alternatives}
     for key, value in (quick if args.quick else full).items():
         if getattr(args, key) is None:
             setattr(args, key, value)

@@ -182,9 +182,9 @@ def test_the_producer_decodes_with_its_own_thread_count_and_leaves_the_consumers
 
 def test_the_training_thread_shares_the_cores_while_it_iterates(monkeypatch, two_threads):
     monkeypatch.setattr(cont.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
-    assert _ds(prefetch=2)._cpu_split() == (2, 1)  # 2 cores: training on one thread, decode blocks on both
-    assert _ds(prefetch=2, share_cores=False)._cpu_split() == (2, None)
-    assert _ds(prefetch=2, decode_threads=1)._cpu_split() == (1, 1)
+    assert _ds(prefetch=2)._cpu_split() == (1, 1)  # 2 cores: one each
+    assert _ds(prefetch=2, share_cores=False)._cpu_split() == (1, None)
+    assert _ds(prefetch=2, decode_threads=2)._cpu_split() == (2, 1)
     monkeypatch.setattr(cont.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
     assert _ds(prefetch=2)._cpu_split() == (4, None)  # 2 training threads fit beside 4 decode threads
     torch.set_num_threads(8)

@@ -71,10 +71,9 @@ class ContinuousViews(torch.utils.data.IterableDataset):
       order a second thread would make depend on timing); 0 generates each batch when it is
       asked for, in the consumer's thread.
     - ``decode_threads``: torch threads of the producer on CPU: decode blocks at once (each on one
-      thread) and T_x. Default: half the cores; every core where that leaves the training thread a
-      single one (2 cores): a one-thread training step has no OpenMP team to stall when the OS
-      time-slices it with the decode blocks, so no core idles while either side waits. The bytes
-      do not depend on it.
+      thread) and T_x. Default: half the cores (on 2 cores one each: in 8 of 8 paired rounds of
+      ``benchmarks/bench_continuous.py`` that loop was ~12 % faster than the producer on both cores
+      beside a one-thread training step, which time-slices them). The bytes do not depend on it.
     - ``share_cores``: on CPU with a producer, the training thread (the one iterating) runs at
       most ``cores - decode_threads`` torch threads (at least 1) while it iterates, and gets its
       own count back when the iteration ends or stops. On 2 cores a 2-thread training step beside
@@ -216,7 +215,6 @@ class ContinuousViews(torch.utils.data.IterableDataset):
         else:
             decode = max(1, cores // 2)
             train = max(1, cores - decode)
-            decode = cores if train == 1 else decode  # a one-thread step time-slices well with the blocks
         return decode, (train if self.share_cores and consumer > train else None)
 
     @torch.no_grad()  # not inference_mode: the views feed a model that is trained on them
