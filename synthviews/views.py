@@ -126,7 +126,10 @@ class ViewSampler:
 
         def pick(name: str) -> torch.Tensor:
             whole = torch.cat([getattr(p, name) for p in parts]) if len(parts) != 1 else getattr(parts[0], name)
-            return whole if every_row else whole[rows.to(whole.device)]
+            if not every_row:
+                return whole[rows.to(whole.device)]
+            # made here, outside inference mode: what a caller gets is never an inference tensor
+            return whole.clone() if whole.is_inference() else whole
 
         if not parts:
             with torch.no_grad():

@@ -167,26 +167,49 @@ def test_without_t_x_workers_send_uint8_and_the_main_process_converts(dataset, o
     assert not isinstance(sent, shards_module.RawBatch)  # a CPU T_x runs in the workers, where the cores are
 
 
-def test_pinned_pixels_give_pinned_views(dataset, monkeypatch):
-    """With pin_memory=True the DataLoader pins the uint8 batch; the views made from it in the main process
-    come from pinned memory too, so ``.cuda(non_blocking=True)`` stays asynchronous (checked with a stand-in
-    for the CUDA host allocator)."""
-    views = ShardViews(dataset, batch_size=BATCH, shuffle=0, pairs=[0, 1])
+@pytest.mark.parametrize("output, latents", [("tuple", False), ("dict", True), ("solo", False), ("stablerep", False)])
+def test_pinned_pixels_give_an_item_all_in_pinned_memory(dataset, monkeypatch, output, latents):
+    """With pin_memory=True the DataLoader pins the uint8 batch a worker sends; the item made from it in the
+    main process is pinned as a whole (views, index, latents, a concatenation), as the DataLoader pins a
+    finished batch, so ``.cuda(non_blocking=True)`` stays asynchronous. Checked with a stand-in for CUDA's
+    host allocator: a storage counts as pinned once made by ``empty(pin_memory=True)`` or ``pin_memory()``."""
+    views = ShardViews(dataset, batch_size=BATCH, shuffle=0, pairs=[0, 1], output=output, return_latents=latents)
     records = list(iter(views.batched()))[:BATCH]
     raw = views.collate(records, device=torch.device("cpu"))
     plain = views.finish(raw)
-    pinned_requests = []
-    real_empty = torch.empty
+    pinned, real_empty, copies = set(), torch.empty, []
 
     def empty(*args, pin_memory=False, **kwargs):
-        pinned_requests.append(pin_memory)
-        return real_empty(*args, **kwargs)
+        x = real_empty(*args, **kwargs)
+        if pin_memory:
+            pinned.add(x.untyped_storage().data_ptr())
+        return x
 
-    monkeypatch.setattr(torch.Tensor, "is_pinned", lambda self: True)
+    def pin(self):
+        copies.append(tuple(self.shape))
+        x = self.clone()
+        pinned.add(x.untyped_storage().data_ptr())
+        return x
+
     monkeypatch.setattr(torch, "empty", empty)
+    monkeypatch.setattr(torch.Tensor, "is_pinned", lambda self: self.untyped_storage().data_ptr() in pinned)
+    monkeypatch.setattr(torch.Tensor, "pin_memory", pin)
+    raw = raw.pin_memory()
     got = views.finish(raw)
-    assert pinned_requests == [True, True]
     _assert_same(got, plain)
+    tensors = []
+
+    def collect(obj):
+        if torch.is_tensor(obj):
+            tensors.append(obj)
+        elif isinstance(obj, dict):
+            [collect(v) for v in obj.values()]
+        elif isinstance(obj, (list, tuple)):
+            [collect(v) for v in obj]
+
+    collect(got)
+    assert tensors and all(t.is_pinned() for t in tensors)
+    assert (BATCH, 3, 16, 16) not in copies  # the float views were made pinned, not copied there after
 
 
 def test_augment_seeds_give_each_row_its_own_batch_of_one_draw():

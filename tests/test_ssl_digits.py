@@ -114,10 +114,11 @@ def test_real_and_random_rows_end_to_end(tmp_path):
     assert result["runs"]["r"]["0"]["final_loss"] is None
     assert set(result["rows"]["r"]["vs"]["a"]) == set(("few1", "few5", "few10", "linear", "knn"))
     assert "| (a) | real digits" in stdout and "Paired difference vs (a)" in stdout
-    # the same settings give the same numbers: seeded training, fixed draws, one thread per job
-    again, _ = _run(tmp_path / "again", "--rows", "a", "--steps", "12", "--batch", "16", "--seeds", "2",
+    # the same settings give the same numbers: seeded training, fixed draws, one thread per job (seed 0
+    # alone in one job here, beside seed 1 and the r row in two jobs above)
+    again, _ = _run(tmp_path / "again", "--rows", "a", "--steps", "12", "--batch", "16", "--seeds", "1",
                     "--jobs", "1", "--draws", "4")
-    assert again["rows"]["a"]["few5"] == result["rows"]["a"]["few5"]
+    assert again["runs"]["a"]["0"]["scores"] == result["runs"]["a"]["0"]["scores"]
 
 
 @pytest.mark.slow

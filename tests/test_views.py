@@ -28,6 +28,22 @@ def test_batch_size_never_changes_the_images(sampler):
         assert torch.equal(torch.cat([p.deltas for p in parts]), full.deltas), batch_size
 
 
+@pytest.mark.parametrize("indices", [range(16), range(32), range(8), [17, 16]])
+def test_views_are_plain_tensors_whatever_blocks_are_asked_for(sampler, indices):
+    """Whole blocks in order come back without a gather copy, but never as inference tensors: a caller
+    may edit them in place or train on them, whatever the batch size."""
+    batch = sampler.sample(indices)
+    for name in ("images", "anchor", "codes", "deltas"):
+        x = getattr(batch, name)
+        assert not x.is_inference(), name
+    images = batch.images.clone()
+    batch.images.mul_(1.0)
+    assert torch.equal(images, batch.images)
+    conv = torch.nn.Conv2d(3, 2, 3)
+    conv(batch.images[:, 0]).sum().backward()
+    assert conv.weight.grad is not None
+
+
 def test_a_sample_does_not_depend_on_the_other_samples(sampler):
     alone = sampler.sample([41])
     mixed = sampler.sample([3, 41, 1000, 7])

@@ -3,8 +3,9 @@
 ShardViews are read in whole batches: the workers decode JPEG to uint8 and collate uint8;
 converting to float, normalising and T_x (a preset or ``Augment``) run once per batch: on
 ``device`` (the training device) when it is given, where the uint8 batch is copied (pinned,
-``non_blocking``) and finished; otherwise T_x runs in the workers, and without T_x the main
-process converts the uint8 batch (a quarter of the bytes through shared memory). Every sample keeps the T_x parameters it gets
+``non_blocking``) and finished; otherwise T_x runs in the workers (or in the main process with
+``num_workers=0``), and without T_x the main process converts the uint8 batch (from workers: a
+quarter of the bytes through shared memory). Every sample keeps the T_x parameters it gets
 when read one by one (its keyed seed), so the batch a sample lands in changes nothing. A custom
 T_x callable still runs per sample in the workers.
 """

@@ -424,12 +424,12 @@ class ShardViews(torch.utils.data.IterableDataset):
         return BatchedViews(self, device)
 
     def collate(self, records: list, device=None):
-        """Records of one batch (in a DataLoader worker) -> a :class:`RawBatch` of uint8 pixels, finished here
-        into the output layout with a T_x preset on the CPU. Otherwise the uint8 batch is what the worker sends
-        and :meth:`finish` runs in the main process (on ``device``, the training device, if given): a uint8
-        batch is a quarter of the float bytes to put in fresh shared memory, which cost a worker as much CPU
-        (page faults) as the JPEG decode. Custom T_x callables: the records are finished items already,
-        default-collated."""
+        """Records of one batch -> a :class:`RawBatch` of uint8 pixels, finished here (:meth:`finish`) into the
+        output layout in the main process (``num_workers=0``) or, in a worker, with a T_x preset on the CPU.
+        Otherwise the worker sends the uint8 batch and :meth:`finish` runs in the main process (on ``device``,
+        the training device, if given): a uint8 batch is a quarter of the float bytes to put in fresh shared
+        memory, which cost a worker as much CPU (page faults) as the JPEG decode. Custom T_x callables: the
+        records are finished items already, default-collated."""
         if not self.batchable:
             return default_collate(records)
         first = records[0].images
@@ -465,7 +465,8 @@ class ShardViews(torch.utils.data.IterableDataset):
     def finish(self, batch: "RawBatch", device=None):
         """A uint8 batch -> the item layout: float in [0, 1] (on ``device`` if given), T_x per batch with each
         sample's own keyed parameters (the same as the per-sample path draws), one tensor (B, C, h, w) per crop.
-        Pinned pixels (``pin_memory=True``) give pinned views on the CPU, as when the DataLoader pinned them."""
+        Pinned pixels (``pin_memory=True``: the DataLoader pinned the uint8 batch a worker sent) give an item
+        whose tensors are all pinned, as the DataLoader pins a finished batch."""
         pixels = batch.pixels
         if device is not None:
             pixels = pixels.to(device, non_blocking=True)
@@ -473,7 +474,8 @@ class ShardViews(torch.utils.data.IterableDataset):
         views = []
         for slot in range(pixels.shape[1]):
             if pinned:  # from torch's caching host allocator: recycled, no fresh pages
-                x = torch.empty(pixels[:, slot].shape, pin_memory=True).copy_(pixels[:, slot]).div_(255)
+                x = torch.empty(pixels[:, slot].shape, dtype=torch.float32, pin_memory=True)
+                x = x.copy_(pixels[:, slot]).div_(255)
             else:
                 x = pixels[:, slot].float().div_(255)  # exactly the per-sample conversion
             if self.t_x is not None:
@@ -482,7 +484,19 @@ class ShardViews(torch.utils.data.IterableDataset):
         # the containers default_collate gives: a batch of tuples is a list, their strings a tuple
         keys = tuple(batch.keys) if self.output != "dict" else list(batch.keys)
         item = format_item(self.output, views, batch.index, keys, batch.extra)
-        return list(item) if isinstance(item, tuple) else item
+        item = list(item) if isinstance(item, tuple) else item
+        return _pinned(item) if pinned else item
+
+
+def _pinned(obj):
+    """Every tensor of an item in pinned memory (index, latents, a concatenation), the pinned ones as they are."""
+    if torch.is_tensor(obj):
+        return obj if obj.is_pinned() else obj.pin_memory()
+    if isinstance(obj, dict):
+        return {k: _pinned(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_pinned(v) for v in obj)
+    return obj
 
 
 def _empty(shape, dtype: torch.dtype, shared: bool) -> torch.Tensor:
