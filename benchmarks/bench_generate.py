@@ -230,6 +230,8 @@ def main() -> None:
                         help="also measure a random-weight StyleGAN2 (config-f layout, 128 px): generator-bound")
     parser.add_argument("--cuda-only", action="store_true", help="only the CUDA rows (CPU and nvjpeg encoders)")
     parser.add_argument("--only-efficiency", action="store_true", help="only the efficiency rows (section 1)")
+    parser.add_argument("--rounds", type=int, help="alternating rounds of the efficiency rows (default: 3; --quick 1); "
+                                                   "on a machine whose speed drifts, the paired mean of more rounds")
     args = parser.parse_args()
     if args.cuda_only:
         cuda_rows(512 if args.quick else 4096, 256)
@@ -246,7 +248,7 @@ def main() -> None:
         config = {"z_dim": 512, "w_dim": 512, "img_resolution": 128, "img_channels": 3}
         models.append(("stylegan2 config-f 128 px", sv.load_model("stylegan2", config=config), 64, 8))
     print(f"torch {torch.__version__}, python {sys.version.split()[0]}")
-    efficiency_rows(models, views=2, reps=1 if args.quick else 3)
+    efficiency_rows(models, views=2, reps=args.rounds or (1 if args.quick else 3))
     if args.only_efficiency:
         return
     main_job_rows(200 if args.quick else 10000)
