@@ -15,6 +15,7 @@ import synthviews as sv
 from synthviews.data import ContinuousViews, ShardError, ShardViews, ViewsLoader, loader
 from synthviews.data import shards as shards_module
 from synthviews.data.augment import Augment
+from synthviews.data.formats import map_tensors
 from synthviews.errors import ConfigError
 from synthviews.store.format import decode_view
 from synthviews.store.writer import generate
@@ -155,15 +156,15 @@ def test_without_t_x_workers_send_uint8_and_the_main_process_converts(dataset, o
     assert got.keys() == reference.keys() and len(got) == 64 // BATCH
     for k in got:
         _assert_same(got[k], reference[k])
-    views = ShardViews(dataset, batch_size=BATCH, num_workers=1, **kw)
-    batched = views.batched()
-    sent = next(iter(torch.utils.data.DataLoader(batched, batch_size=BATCH, num_workers=1,
-                                                 collate_fn=batched.collate)))
+
+    def sent_by_a_worker(views):
+        batched = views.batched()
+        return next(iter(torch.utils.data.DataLoader(batched, batch_size=BATCH, num_workers=1,
+                                                     collate_fn=batched.collate)))
+
+    sent = sent_by_a_worker(ShardViews(dataset, batch_size=BATCH, num_workers=1, **kw))
     assert isinstance(sent, shards_module.RawBatch) and sent.pixels.dtype == torch.uint8
-    with_t_x = ShardViews(dataset, batch_size=BATCH, num_workers=1, t_x="simclr", t_x_size=12, shuffle=0)
-    batched = with_t_x.batched()
-    sent = next(iter(torch.utils.data.DataLoader(batched, batch_size=BATCH, num_workers=1,
-                                                 collate_fn=batched.collate)))
+    sent = sent_by_a_worker(ShardViews(dataset, batch_size=BATCH, num_workers=1, t_x="simclr", t_x_size=12, shuffle=0))
     assert not isinstance(sent, shards_module.RawBatch)  # a CPU T_x runs in the workers, where the cores are
 
 
@@ -198,16 +199,7 @@ def test_pinned_pixels_give_an_item_all_in_pinned_memory(dataset, monkeypatch, o
     got = views.finish(raw)
     _assert_same(got, plain)
     tensors = []
-
-    def collect(obj):
-        if torch.is_tensor(obj):
-            tensors.append(obj)
-        elif isinstance(obj, dict):
-            [collect(v) for v in obj.values()]
-        elif isinstance(obj, (list, tuple)):
-            [collect(v) for v in obj]
-
-    collect(got)
+    map_tensors(tensors.append, got)
     assert tensors and all(t.is_pinned() for t in tensors)
     assert (BATCH, 3, 16, 16) not in copies  # the float views were made pinned, not copied there after
 

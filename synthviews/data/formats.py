@@ -49,6 +49,18 @@ def format_item(output: str, views: list, index, key=None, extra: dict | None = 
     return {"views": views, "index": index, "key": key, **(extra or {})}
 
 
+def map_tensors(fn, item):
+    """``item`` (a batch in any layout above: tensors in tuples, lists, dicts) with ``fn`` applied to each
+    tensor; everything else (keys, json metadata) as it is."""
+    if torch.is_tensor(item):
+        return fn(item)
+    if isinstance(item, dict):
+        return {k: map_tensors(fn, v) for k, v in item.items()}
+    if isinstance(item, (list, tuple)):
+        return type(item)(map_tensors(fn, v) for v in item)
+    return item
+
+
 class ViewChoice:
     """Which of the 1+K stored views an item returns: a pure function of (seed, epoch, index).
 

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 
 from ..errors import ConfigError
 from .continuous import ContinuousViews
+from .formats import map_tensors
 from .shards import BatchedViews, RawBatch, ShardViews
 
 
@@ -37,7 +38,7 @@ class ViewsLoader(DataLoader):
             if batched is not None and isinstance(batch, RawBatch):
                 batch = batched.views.finish(batch, batched.device)
             elif batched is not None and batched.device is not None:  # a custom T_x ran per sample in the workers
-                batch = _to_device(batch, batched.device)
+                batch = map_tensors(lambda t: t.to(batched.device, non_blocking=t.is_pinned()), batch)
             self._handed_out += 1
             yield batch
 
@@ -56,17 +57,6 @@ class ViewsLoader(DataLoader):
             raise ConfigError("mid-epoch resume is supported for ContinuousViews; for ShardViews call "
                               "set_epoch(epoch) and restart that epoch")
         self.dataset.load_state_dict(state)
-
-
-def _to_device(batch, device: torch.device):
-    """Every tensor of a collated batch (tuples, lists, dicts of them) on ``device``; the rest as it is."""
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=batch.is_pinned())
-    if isinstance(batch, dict):
-        return {k: _to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_to_device(v, device) for v in batch)
-    return batch
 
 
 def loader(source, batch_size: int = 256, num_workers: int = 0, pin_memory: bool | None = None,

@@ -49,7 +49,7 @@ from ..store.format import (
 from ..store.manifest import parse_manifest, read_manifest
 from ..store.tarshards import ShardError, check_meta, checked_samples
 from .augment import Augment, make_augment
-from .formats import ViewChoice, check_output, format_item
+from .formats import ViewChoice, check_output, format_item, map_tensors
 
 
 def _manifest_split(manifest: dict, split: str, where: str) -> dict:
@@ -485,18 +485,8 @@ class ShardViews(torch.utils.data.IterableDataset):
         keys = tuple(batch.keys) if self.output != "dict" else list(batch.keys)
         item = format_item(self.output, views, batch.index, keys, batch.extra)
         item = list(item) if isinstance(item, tuple) else item
-        return _pinned(item) if pinned else item
-
-
-def _pinned(obj):
-    """Every tensor of an item in pinned memory (index, latents, a concatenation), the pinned ones as they are."""
-    if torch.is_tensor(obj):
-        return obj if obj.is_pinned() else obj.pin_memory()
-    if isinstance(obj, dict):
-        return {k: _pinned(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_pinned(v) for v in obj)
-    return obj
+        # the rest of the item (index, latents, a concatenation) pinned too; the views already are
+        return map_tensors(lambda t: t if t.is_pinned() else t.pin_memory(), item) if pinned else item
 
 
 def _empty(shape, dtype: torch.dtype, shared: bool) -> torch.Tensor:
