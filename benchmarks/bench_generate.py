@@ -18,6 +18,9 @@ Run: python benchmarks/bench_generate.py [--quick]
    (resource.getrusage of the child). Goal: system < 10 % of CPU time.
 3. Writing cost: views encoded and written per second on one core at 128 px,
    JPEG q95 into tar shards (synthviews) vs one PNG file per image (peers).
+   3b: JPEG views encoded per second by one thread and by one per core, through
+   a bytes buffer (Pillow holds the GIL) and through each thread's in-memory
+   file (synthviews' path: the GIL released), and the ratio of each.
 4. Peak RSS of a `generate` process for a small and a 20x larger run.
 5. On CUDA only: `generate` with the CPU and the nvjpeg encoder / a bare
    device decode, toy 256 px (`--cuda-only` runs just this).
@@ -203,6 +206,42 @@ def writing_rows(n: int):
     torch.set_num_threads(os.cpu_count() or 1)
 
 
+def encoder_thread_rows(n: int):
+    """JPEG q95 views encoded per second by 1 thread and by one thread per core: through a bytes
+    buffer (Pillow holds the GIL while it compresses) and through each thread's in-memory file
+    (what encode_image does: the GIL is released), measured in the same run."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import synthviews.store.format as fmt
+
+    cpus = os.cpu_count() or 1
+    print(f"\n3b. Encoding threads: JPEG q95 views/s, 1 thread and {cpus} (one per core), {n} textured views a row")
+    print(f"| {'size':>7} | {'path':<29} | {'1 thread':>8} | {f'{cpus} threads':>10} | {'ratio':>5} |")
+    print(f"|{'-' * 9}|{'-' * 31}|{'-' * 10}|{'-' * 12}|{'-' * 7}|")
+    rng = np.random.default_rng(0)
+    scratch_file = fmt._scratch_file
+    for size in (128, 256):
+        ramp = np.linspace(0, 160, size, dtype=np.float32)[None, :, None]
+        views = [np.clip(ramp + rng.normal(60, 12, (size, size, 3)), 0, 255).astype(np.uint8) for _ in range(16)]
+        count = max(cpus, n * 128 * 128 // (size * size))
+        for path, files in (("bytes buffer (GIL held)", False), ("in-memory file (GIL released)", True)):
+            fmt._scratch_file = scratch_file if files else (lambda: None)
+            rates = []
+            try:
+                for threads in (1, cpus):
+                    def encode(share: int) -> None:
+                        for i in range(share):
+                            fmt.encode_image(views[i % len(views)], "jpg", 95)
+                    with ThreadPoolExecutor(threads) as pool:
+                        list(pool.map(encode, [4] * threads))  # warm-up: each thread's file made
+                        t = time.perf_counter()
+                        list(pool.map(encode, [count // threads] * threads))
+                        rates.append(count // threads * threads / (time.perf_counter() - t))
+            finally:
+                fmt._scratch_file = scratch_file
+            print(f"| {size:>4} px | {path:<29} | {rates[0]:>8.0f} | {rates[1]:>10.0f} | {rates[1] / rates[0]:>5.2f} |")
+
+
 def rss_rows(small: int, large: int):
     # VmHWM, not ru_maxrss: ru_maxrss keeps the parent's peak across fork + exec.
     code = ("import sys; from synthviews.store.writer import generate; "
@@ -253,6 +292,7 @@ def main() -> None:
         return
     main_job_rows(200 if args.quick else 10000)
     writing_rows(400 if args.quick else 2000)
+    encoder_thread_rows(200 if args.quick else 3000)
     rss_rows(1000, 20000) if not args.quick else rss_rows(200, 2000)
     cuda_rows(512 if args.quick else 4096, 256)
 

@@ -5,9 +5,10 @@ holding the GIL that the generator's threads need to dispatch their many small
 ops. Digits (32 px) runs at 0.90 of a bare decode with the encoding in worker
 processes and at 0.86 in threads (benchmarks/bench_generate.py, mean of paired
 rounds); the README's main job takes ~64 s instead of ~70 s. Large views encode
-in C with the GIL released and would push megabytes a sample through the pipes
-(toy 128 px: 0.55 in processes against 0.67 in threads), so they stay in threads.
-Either way the bytes are the same (same numpy rounding, same Pillow).
+in C with the GIL released (``format.encode_image`` compresses into each thread's
+in-memory file) and would push megabytes a sample through the pipes (toy 128 px:
+0.55 in processes against 0.67 in threads), so they stay in threads. Either way
+the bytes are the same (same numpy rounding, same Pillow).
 
 The workers are plain ``python -c`` children fed pickles over their stdin and
 answering on their stdout (not ``multiprocessing``: its spawn re-runs a user's

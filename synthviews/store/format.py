@@ -23,6 +23,7 @@ import io
 import json
 import os
 import re
+import threading
 
 import numpy as np
 from PIL import Image
@@ -191,14 +192,43 @@ def stored_channels(fmt: str, channels: int) -> int:
     return 3 if fmt == "webp" and channels == 1 else channels
 
 
+# Pillow compresses a JPEG into a bytes buffer holding the GIL, but into a file descriptor with the
+# GIL released: so each thread encodes into its own in-memory file (memfd), and encoding threads
+# (and the generator's) run in parallel. At 128 px 2 threads encode ~2x the views of 1 this way,
+# and fewer than 1 thread does through a buffer (benchmarks/bench_generate.py, section 3). Small
+# views cost mostly Pillow's Python, which holds the GIL either way: they keep the buffer.
+_FILE_MIN_PIXELS = 64 * 64
+_scratch = threading.local()
+
+
+def _scratch_file():
+    """This thread's in-memory file to encode into, or None where there is none (not Linux)."""
+    if getattr(_scratch, "pid", None) != os.getpid():  # a new thread, or a forked child: never the parent's file
+        _scratch.pid = os.getpid()
+        try:
+            _scratch.file = open(os.memfd_create("synthviews-encode", os.MFD_CLOEXEC), "w+b", buffering=0)  # noqa: SIM115
+        except (AttributeError, OSError):  # no memfd here (macOS, Windows, a sandbox): encode into a buffer
+            _scratch.file = None
+    return _scratch.file
+
+
 def encode_image(array: np.ndarray, fmt: str, quality: int | None) -> bytes:
     """(H, W, C) uint8 -> image file bytes; same pixels, same bytes (grey WebP: see :func:`stored_channels`)."""
     if fmt == "webp" and array.shape[-1] == 1:
         array = np.repeat(array, 3, axis=-1)
     image = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
-    buf = io.BytesIO()
     encoder, options = FORMATS[fmt]
-    image.save(buf, format=encoder, **options, **({} if quality is None else {"quality": quality}))
+    options = {**options, **({} if quality is None else {"quality": quality})}
+    if fmt == "jpg" and array.shape[0] * array.shape[1] > _FILE_MIN_PIXELS and (file := _scratch_file()) is not None:
+        file.seek(0)  # overwritten, not truncated: the bytes are the first tell() of them
+        image.save(file, format=encoder, **options)
+        size = file.tell()
+        data = os.pread(file.fileno(), size, 0)
+        if len(data) != size:
+            raise OSError(f"read {len(data)} of {size} encoded bytes back from memory")
+        return data
+    buf = io.BytesIO()
+    image.save(buf, format=encoder, **options)
     return buf.getvalue()
 
 
