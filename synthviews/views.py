@@ -103,28 +103,41 @@ class ViewSampler:
         """Anchors, composed codes (B, 1+K, ...) and deltas, without decoding."""
         return self._gather(indices, decode=False, inference=False)
 
-    def sample(self, indices, inference: bool = True) -> ViewBatch:
+    def sample(self, indices, inference: bool = True, out: torch.Tensor | None = None) -> ViewBatch:
         """Latents and images for ``indices``: images (B, 1+K, C, H, W) in [0, 1] on the device.
 
         Runs under ``torch.inference_mode``; ``inference=False`` uses ``no_grad`` instead,
         for views that later feed a model being trained (inference tensors cannot).
+        ``out``: a float32 tensor of that shape on the device to write the images into (and
+        return as them), e.g. a reused buffer: whole blocks in order are written by the
+        threads that decode them, without a batch-sized copy or allocation. Same values.
         """
-        return self._gather(indices, decode=True, inference=inference)
+        if out is not None:
+            shape = (len(np.asarray(indices).reshape(-1)), self.views + 1, *self.model.image_shape)
+            if tuple(out.shape) != shape or out.dtype != torch.float32 or out.device != self.device:
+                raise ValueError(f"out must be a float32 tensor of shape {shape} on {self.device}, got "
+                                 f"{out.dtype} {tuple(out.shape)} on {out.device}")
+        return self._gather(indices, decode=True, inference=inference, out=out)
 
-    def _gather(self, indices, decode: bool, inference: bool) -> ViewBatch:
+    def _gather(self, indices, decode: bool, inference: bool, out: torch.Tensor | None = None) -> ViewBatch:
         """Serve ``indices`` (any order, repeats allowed) from the whole blocks they fall in."""
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if idx.size and idx.min() < 0:
             raise ConfigError(f"sample indices must be >= 0, got {int(idx.min())}")
         blocks, slot = np.unique(idx // self.block, return_inverse=True)
-        parts = self._run_blocks([int(b) for b in blocks], decode, inference)
         order = slot.reshape(-1) * self.block + idx % self.block
         # whole blocks in order (what generate and ContinuousViews ask for): the blocks as they are, no
         # gather copy (at 128 px a batch's images are ~40 MB: a fresh mapping, page-faulted in, per copy)
-        every_row = order.size == len(parts) * self.block and np.array_equal(order, np.arange(order.size))
+        every_row = order.size == len(blocks) * self.block and np.array_equal(order, np.arange(order.size))
+        into = out if every_row else None  # each block's images go straight to their rows of out
+        parts = self._run_blocks([int(b) for b in blocks], decode, inference, into)
         rows = torch.from_numpy(order)
 
         def pick(name: str) -> torch.Tensor:
+            if name == "images" and out is not None:
+                if into is None:
+                    out.copy_(torch.cat([p.images for p in parts])[rows.to(out.device)])
+                return out
             whole = torch.cat([getattr(p, name) for p in parts]) if len(parts) != 1 else getattr(parts[0], name)
             if not every_row:
                 return whole[rows.to(whole.device)]
@@ -133,24 +146,29 @@ class ViewSampler:
 
         if not parts:
             with torch.no_grad():
-                return self._block_of(idx, decode)  # empty request: the right shapes, nothing decoded
+                return self._block_of(idx, decode, out=out)  # empty request: the right shapes, nothing decoded
         return ViewBatch(indices=idx, anchor=pick("anchor"), codes=pick("codes"), deltas=pick("deltas"),
                          images=pick("images") if decode else None)
 
-    def _run_blocks(self, blocks: list[int], decode: bool, inference: bool) -> list[ViewBatch]:
+    def _run_blocks(self, blocks: list[int], decode: bool, inference: bool,
+                    out: torch.Tensor | None = None) -> list[ViewBatch]:
         """Each block on one thread: on CPU, blocks run in parallel on single-threaded workers.
 
         A multi-threaded CPU kernel may split its work (and so its rounding) by the
         thread count; one thread per block keeps the bytes the same on any machine
         while the blocks of a batch still use every core. torch's intra-op thread
         count is process-wide, so it is 1 while the blocks decode and restored after
-        (torch work in other threads meanwhile runs single-threaded too).
+        (torch work in other threads meanwhile runs single-threaded too). With ``out``,
+        block j of the list writes its images into rows j*block ... of ``out``.
         """
+        slots = {b: j for j, b in enumerate(blocks)}
+
         def run(block: int, first_compiled: bool = False) -> ViewBatch:
+            rows = None if out is None else out[slots[block] * self.block:(slots[block] + 1) * self.block]
             # grad mode is thread-local: set it in the thread that computes
             with torch.inference_mode() if inference else torch.no_grad(), deterministic_algorithms(self.device):
                 idx = np.arange(block * self.block, (block + 1) * self.block, dtype=np.int64)
-                return self._block_of(idx, decode, first_compiled)
+                return self._block_of(idx, decode, first_compiled, rows)
 
         # The first compiled call of a grad mode compiles: alone, so no two threads compile at once.
         cold = decode and self.compile and bool(blocks) and inference not in self._warm
@@ -187,7 +205,8 @@ class ViewSampler:
             self._pool = ((os.getpid(), threads), pool)
         return self._pool[1]
 
-    def _block_of(self, idx: np.ndarray, decode: bool, first_compiled: bool = False) -> ViewBatch:
+    def _block_of(self, idx: np.ndarray, decode: bool, first_compiled: bool = False,
+                  out: torch.Tensor | None = None) -> ViewBatch:
         model = self.model
         anchor = sample_prior(model.prior, self.streams, idx, model.latent_dim)
         codes = [model.compose(anchor.to(self.device), {})]
@@ -204,8 +223,15 @@ class ViewSampler:
                 else:  # the model may share work between an anchor and its positives; same bits as decode(flat)
                     views = getattr(model, "decode_views", None)  # duck-typed models without the hook: decode
                     images = views(codes).flatten(0, 1) if views else model.decode(flat)  # (S*(1+K), C, H, W)
-            images = images.float().clamp_(0, 1)
-            batch.images = images.view(len(idx), self.views + 1, *images.shape[1:])
+            if out is not None:  # clamped straight into the caller's rows: one pass, nothing allocated
+                if tuple(images.shape[1:]) != tuple(out.shape[2:]):
+                    raise ConfigError(f"the {model.family} model decoded images of shape {tuple(images.shape[1:])}, "
+                                      f"but its image_shape says {tuple(model.image_shape)}")
+                batch.images = out
+                torch.clamp(images.float().reshape(out.shape), 0, 1, out=out)
+            else:
+                images = images.float().clamp_(0, 1)
+                batch.images = images.view(len(idx), self.views + 1, *images.shape[1:])
         return batch
 
     def _compiled_decode(self, codes: torch.Tensor, first: bool) -> torch.Tensor:

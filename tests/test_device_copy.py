@@ -13,7 +13,9 @@ import synthviews.store.writer as writer
 from synthviews._util.device import DeviceCopy, keep_freed_host_memory
 from synthviews.errors import ConfigError
 from synthviews.store.format import encode_image
+from synthviews.store.verify import verify
 from synthviews.store.writer import CpuSplit, generate, split_threads
+from synthviews.views import ViewSampler
 
 
 class FakeCuda:
@@ -111,16 +113,25 @@ def test_the_split_is_decided_once_from_measured_batches_after_the_first():
 
 
 def test_decoded_batches_reuse_a_small_ring_of_host_buffers(tmp_path, monkeypatch, toy16):
-    made = []
-    real = DeviceCopy.host_buffer
+    made, decoded_into = [], []
+    real, real_sample = DeviceCopy.host_buffer, ViewSampler.sample
 
     def counted(self, shape, dtype=torch.uint8):
-        made.append(tuple(shape))
-        return real(self, shape, dtype)
+        made.append(real(self, shape, dtype))
+        return made[-1]
+
+    def sample(self, indices, inference=True, out=None):
+        decoded_into.append(out)
+        return real_sample(self, indices, inference, out)
 
     monkeypatch.setattr(DeviceCopy, "host_buffer", counted)
+    monkeypatch.setattr(ViewSampler, "sample", sample)
     generate(tmp_path / "ds", toy16, samples=200, views=2, shard_size=50, batch_size=16, device="cpu")
-    assert made == [(16, 3, 16, 16, 3)] * writer.HOST_RING
+    # on CPU the blocks decode straight into the ring's float buffers: (rows, 1+K, C, H, W)
+    assert [(tuple(b.shape), b.dtype) for b in made] == [((16, 3, 3, 16, 16), torch.float32)] * writer.HOST_RING
+    starts = {b.data_ptr() for b in made}
+    assert len(decoded_into) == 13 and all(out is not None and out.data_ptr() in starts for out in decoded_into)
+    assert verify(tmp_path / "ds") == []
 
 
 def test_the_measured_split_is_applied_and_the_caller_threads_restored(tmp_path, monkeypatch, toy16):

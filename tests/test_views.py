@@ -44,6 +44,33 @@ def test_views_are_plain_tensors_whatever_blocks_are_asked_for(sampler, indices)
     assert conv.weight.grad is not None
 
 
+@pytest.mark.parametrize("indices", [range(32), range(16, 48), [17, 3, 40], range(10), []])
+@pytest.mark.parametrize("inference", [True, False])
+def test_decoding_into_a_given_buffer_gives_the_same_images(sampler, indices, inference):
+    """``out=`` (generate's reused buffers): whole blocks in order are written by their decode threads,
+    anything else is copied in; either way the values of a plain ``sample``, and ``out`` is returned."""
+    expected = sampler.sample(indices)
+    out = torch.full((len(expected.indices), 4, *sampler.model.image_shape), float("nan"))
+    batch = sampler.sample(indices, inference=inference, out=out)
+    assert batch.images is out and torch.equal(out, expected.images)
+    assert torch.equal(batch.deltas, expected.deltas) and torch.equal(batch.codes, expected.codes)
+
+
+def test_a_buffer_of_the_wrong_shape_or_type_is_refused(sampler):
+    shape = (16, 4, *sampler.model.image_shape)
+    for bad in (torch.empty(8, *shape[1:]), torch.empty(shape, dtype=torch.float64), torch.empty(shape)[:, :3]):
+        with pytest.raises(ValueError, match="out must be a float32 tensor"):
+            sampler.sample(range(16), out=bad)
+
+
+def test_a_model_whose_images_are_not_its_declared_shape_is_named():
+    model = sv.load_model("toy", resolution=16)
+    model.image_shape = (3, 32, 32)  # what a user's model may get wrong
+    wrong = ViewSampler(model, views=1, device="cpu")
+    with pytest.raises(sv.ConfigError, match=r"decoded images of shape \(3, 16, 16\).*image_shape says \(3, 32, 32\)"):
+        wrong.sample(range(16), out=torch.empty(16, 2, 3, 32, 32))
+
+
 def test_a_sample_does_not_depend_on_the_other_samples(sampler):
     alone = sampler.sample([41])
     mixed = sampler.sample([3, 41, 1000, 7])

@@ -391,15 +391,16 @@ def _check_nvjpeg(dev: torch.device, fmt: str, shape) -> None:
 
 
 class _HostRing:
-    """A few preallocated host buffers for decoded uint8 batches, reused instead of allocated per batch.
+    """A few preallocated host buffers for decoded batches, reused instead of allocated per batch: float
+    on CPU (the blocks decode into them), uint8 on a device (the rounded batch is copied into them).
 
-    A buffer is taken before a batch is copied into it and given back once its last encoding chunk
-    is done, so at most ``size`` decoded batches are in flight (memory stays flat)."""
+    A buffer is taken before a batch is decoded or copied into it and given back once its last encoding
+    chunk is done, so at most ``size`` decoded batches are in flight (memory stays flat)."""
 
-    def __init__(self, copier: DeviceCopy, shape: tuple, size: int = HOST_RING):
+    def __init__(self, copier: DeviceCopy, shape: tuple, dtype: torch.dtype = torch.uint8, size: int = HOST_RING):
         self.free: queue.Queue = queue.Queue()
         for _ in range(size):
-            self.free.put(copier.host_buffer(shape))
+            self.free.put(copier.host_buffer(shape, dtype))
 
     def take(self, failed) -> torch.Tensor:
         while True:
@@ -465,26 +466,30 @@ class _BatchEncoder:
     def submit(self, idx: np.ndarray) -> _BatchJob:
         if self.split is not None and torch.get_num_threads() != (threads := self.split.generator_threads()):
             torch.set_num_threads(threads)  # generate restores the caller's count at the end
-        t0 = time.perf_counter()
-        batch = self.sampler.sample(idx)
-        t1 = time.perf_counter()  # CPU: the decode's wall time
-        deltas = batch.deltas.numpy()  # (B, K, G); the json is built in the encoding thread or process
-        codes = batch.codes.float().cpu().numpy() if self.save_latents else None
-        if self.encoder == "nvjpeg":
-            return self._submit_encoded(idx, batch, deltas, codes)
-        images = batch.images  # (B, 1+K, C, H, W) float in [0, 1]: this batch's own tensor
-        if self.ring is None:
-            c, h, w = images.shape[2:]
-            self.ring = _HostRing(self.copier, (self.rows, images.shape[1], h, w, c))
-        buffer = self.ring.take(lambda: self.pipeline.error)  # also bounds the batches in flight
+        # On CPU the blocks decode straight into a float buffer of the ring (no batch-sized allocation
+        # or copy per batch), rounded sample by sample where it is encoded (cache-hot). On a device, the
+        # batch is rounded there, then one non-blocking copy of a quarter of the bytes into a uint8 buffer.
+        on_cpu = self.sampler.device.type == "cpu" and self.encoder != "nvjpeg"
+        buffer = self._buffer((self.sampler.views + 1, *self.sampler.model.image_shape), torch.float32) \
+            if on_cpu else None
         try:
-            if images.device.type == "cpu":  # rounded sample by sample where it is encoded (cache-hot)
-                pixels, pending = images.detach().float().numpy(), None
-            else:  # rounded on the device, then one non-blocking copy of a quarter of the bytes
-                pending = self.copier.start(_rounded_uint8_hwc(images), buffer[:len(idx)])
+            t0 = time.perf_counter()
+            batch = self.sampler.sample(idx, out=None if buffer is None else buffer[:len(idx)])
+            t1 = time.perf_counter()  # CPU: the decode's wall time
+            deltas = batch.deltas.numpy()  # (B, K, G); the json is built in the encoding thread or process
+            codes = batch.codes.float().cpu().numpy() if self.save_latents else None
+            if self.encoder == "nvjpeg":
+                return self._submit_encoded(idx, batch, deltas, codes)
+            if buffer is not None:
+                pixels, pending = buffer[:len(idx)].numpy(), None
+            else:
+                c, h, w = batch.images.shape[2:]
+                buffer = self._buffer((batch.images.shape[1], h, w, c), torch.uint8)
+                pending = self.copier.start(_rounded_uint8_hwc(batch.images), buffer[:len(idx)])
                 pixels = buffer[:len(idx)].numpy()
         except BaseException:
-            self.ring.give_back(buffer)
+            if buffer is not None:
+                self.ring.give_back(buffer)
             raise
         if self.split is not None:  # CPU seconds of the decode: its blocks ran on min(threads, blocks) cores
             threads, blocks = torch.get_num_threads(), len(np.unique(idx // self.sampler.block))
@@ -503,6 +508,12 @@ class _BatchEncoder:
             return out
 
         return _BatchJob(self._chunks(encode, len(idx)), on_done=lambda: self.ring.give_back(buffer))
+
+    def _buffer(self, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+        """A free (rows, *shape) buffer of the ring, made on first use; waiting for one bounds the batches in flight."""
+        if self.ring is None:
+            self.ring = _HostRing(self.copier, (self.rows, *shape), dtype)
+        return self.ring.take(lambda: self.pipeline.error)
 
     def _submit_encoded(self, idx: np.ndarray, batch, deltas: np.ndarray, codes: np.ndarray | None) -> _BatchJob:
         from torchvision.io import encode_jpeg
