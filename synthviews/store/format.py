@@ -195,7 +195,7 @@ def stored_channels(fmt: str, channels: int) -> int:
 # Pillow compresses a JPEG into a bytes buffer holding the GIL, but into a file descriptor with the
 # GIL released: so each thread encodes into its own in-memory file (memfd), and encoding threads
 # (and the generator's) run in parallel. At 128 px 2 threads encode ~2x the views of 1 this way,
-# and fewer than 1 thread does through a buffer (benchmarks/bench_generate.py, section 3). Small
+# and fewer than 1 thread does through a buffer (benchmarks/bench_generate.py, section 3b). Small
 # views cost mostly Pillow's Python, which holds the GIL either way: they keep the buffer.
 _FILE_MIN_PIXELS = 64 * 64
 _scratch = threading.local()
