@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import inspect
+import math
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 import numpy as np
@@ -114,7 +115,8 @@ class ViewSampler:
         """
         if out is not None:
             shape = (len(np.asarray(indices).reshape(-1)), self.views + 1, *self.model.image_shape)
-            if tuple(out.shape) != shape or out.dtype != torch.float32 or out.device != self.device:
+            device = out.device.type == self.device.type and self.device.index in (None, out.device.index)
+            if tuple(out.shape) != shape or out.dtype != torch.float32 or not device:
                 raise ValueError(f"out must be a float32 tensor of shape {shape} on {self.device}, got "
                                  f"{out.dtype} {tuple(out.shape)} on {out.device}")
         return self._gather(indices, decode=True, inference=inference, out=out)
@@ -136,7 +138,9 @@ class ViewSampler:
         def pick(name: str) -> torch.Tensor:
             if name == "images" and out is not None:
                 if into is None:
-                    out.copy_(torch.cat([p.images for p in parts])[rows.to(out.device)])
+                    whole = torch.cat([p.images for p in parts])
+                    self._check_images(whole, len(whole) * out.shape[1])
+                    out.copy_(whole[rows.to(out.device)])
                 return out
             whole = torch.cat([getattr(p, name) for p in parts]) if len(parts) != 1 else getattr(parts[0], name)
             if not every_row:
@@ -191,7 +195,9 @@ class ViewSampler:
             if cold:
                 head = [pool.submit(run_single, blocks[0], True).result()]
                 self._warm.add(inference)
-            return head + list(pool.map(run_single, blocks[len(head):]))
+            futures = [pool.submit(run_single, b) for b in blocks[len(head):]]
+            wait(futures)  # all of them, also when one fails: none may still be writing into ``out`` after
+            return head + [f.result() for f in futures]
 
     def __getstate__(self):  # picklable for spawned DataLoader workers: pool and compiled decode are made again there
         return {**self.__dict__, "_pool": None, "_compiled": None, "_warm": set()}
@@ -224,15 +230,20 @@ class ViewSampler:
                     views = getattr(model, "decode_views", None)  # duck-typed models without the hook: decode
                     images = views(codes).flatten(0, 1) if views else model.decode(flat)  # (S*(1+K), C, H, W)
             if out is not None:  # clamped straight into the caller's rows: one pass, nothing allocated
-                if tuple(images.shape[1:]) != tuple(out.shape[2:]):
-                    raise ConfigError(f"the {model.family} model decoded images of shape {tuple(images.shape[1:])}, "
-                                      f"but its image_shape says {tuple(model.image_shape)}")
+                self._check_images(images, out.shape[0] * out.shape[1])
                 batch.images = out
                 torch.clamp(images.float().reshape(out.shape), 0, 1, out=out)
             else:
                 images = images.float().clamp_(0, 1)
                 batch.images = images.view(len(idx), self.views + 1, *images.shape[1:])
         return batch
+
+    def _check_images(self, images: torch.Tensor, count: int) -> None:
+        """Decoded images must be what the model declares before they are written into a buffer."""
+        shape, declared = tuple(images.shape[-3:]), tuple(self.model.image_shape)
+        if shape != declared or images.numel() != count * math.prod(declared):
+            raise ConfigError(f"the {self.model.family} model decoded {images.numel() // max(1, math.prod(shape))} "
+                              f"images of shape {shape} where {count} of its image_shape {declared} were expected")
 
     def _compiled_decode(self, codes: torch.Tensor, first: bool) -> torch.Tensor:
         if self._compiled is None:

@@ -128,7 +128,7 @@ def test_decoded_batches_reuse_a_small_ring_of_host_buffers(tmp_path, monkeypatc
     monkeypatch.setattr(ViewSampler, "sample", sample)
     generate(tmp_path / "ds", toy16, samples=200, views=2, shard_size=50, batch_size=16, device="cpu")
     # on CPU the blocks decode straight into the ring's float buffers: (rows, 1+K, C, H, W)
-    assert [(tuple(b.shape), b.dtype) for b in made] == [((16, 3, 3, 16, 16), torch.float32)] * writer.HOST_RING
+    assert [(tuple(b.shape), b.dtype) for b in made] == [((16, 3, 3, 16, 16), torch.float32)] * (writer.HOST_RING + 1)
     starts = {b.data_ptr() for b in made}
     assert len(decoded_into) == 13 and all(out is not None and out.data_ptr() in starts for out in decoded_into)
     assert verify(tmp_path / "ds") == []
@@ -262,3 +262,9 @@ def test_a_torchvision_that_cannot_encode_on_the_device_is_refused_up_front(monk
     with pytest.raises(ConfigError, match=r"cannot encode JPEGs on cuda \(RuntimeError: encode_jpeg: .*nvJPEG "
                                           r"support\); use --encoder cpu$"):
         writer._check_nvjpeg(torch.device("cuda"), "jpg", (3, 8, 8))
+
+
+def test_a_batch_job_without_chunks_gives_its_buffer_back_at_once():
+    given_back = []
+    writer._BatchJob([], on_done=lambda: given_back.append(True))
+    assert given_back == [True]

@@ -76,7 +76,7 @@ def test_jpeg_bytes_are_the_same_without_an_in_memory_file(monkeypatch):
     monkeypatch.setattr(os, "memfd_create", no_memfd)
     for array in _images():
         assert fmt.encode_image(array, "jpg", 95) == _pillow_jpeg(array, 95)
-    assert fmt._scratch.file is None
+    assert fmt._scratch_file() is None
 
 
 def test_threads_encoding_at_once_each_get_their_own_bytes():

@@ -67,8 +67,10 @@ def test_a_model_whose_images_are_not_its_declared_shape_is_named():
     model = sv.load_model("toy", resolution=16)
     model.image_shape = (3, 32, 32)  # what a user's model may get wrong
     wrong = ViewSampler(model, views=1, device="cpu")
-    with pytest.raises(sv.ConfigError, match=r"decoded images of shape \(3, 16, 16\).*image_shape says \(3, 32, 32\)"):
+    with pytest.raises(sv.ConfigError, match=r"decoded 32 images of shape \(3, 16, 16\) where 32 of its image_shape \(3, 32, 32\)"):
         wrong.sample(range(16), out=torch.empty(16, 2, 3, 32, 32))
+    with pytest.raises(sv.ConfigError, match=r"decoded 64 images of shape \(3, 16, 16\) where 64 of its image_shape"):
+        wrong.sample(range(3, 19), out=torch.empty(16, 2, 3, 32, 32))  # not whole blocks: copied in, same check
 
 
 def test_a_sample_does_not_depend_on_the_other_samples(sampler):

@@ -197,19 +197,29 @@ def stored_channels(fmt: str, channels: int) -> int:
 # (and the generator's) run in parallel. At 128 px 2 threads encode ~2x the views of 1 this way,
 # and fewer than 1 thread does through a buffer (benchmarks/bench_generate.py, section 3b). Small
 # views cost mostly Pillow's Python, which holds the GIL either way: they keep the buffer.
-_FILE_MIN_PIXELS = 64 * 64
+_BUFFER_MAX_PIXELS = 64 * 64  # JPEGs up to this size keep the buffer
 _scratch = threading.local()
+
+
+class _ScratchFile:
+    """An in-memory file (memfd), closed with its owner (the thread, or the forked child replacing it)."""
+
+    def __init__(self):
+        self.file = open(os.memfd_create("synthviews-encode", os.MFD_CLOEXEC), "w+b", buffering=0)  # noqa: SIM115
+
+    def __del__(self):
+        self.file.close()
 
 
 def _scratch_file():
     """This thread's in-memory file to encode into, or None where there is none (not Linux)."""
     if getattr(_scratch, "pid", None) != os.getpid():  # a new thread, or a forked child: never the parent's file
-        _scratch.pid = os.getpid()
+        _scratch.pid, _scratch.holder = os.getpid(), None  # a child closes its copy of the parent's descriptor
         try:
-            _scratch.file = open(os.memfd_create("synthviews-encode", os.MFD_CLOEXEC), "w+b", buffering=0)  # noqa: SIM115
+            _scratch.holder = _ScratchFile()
         except (AttributeError, OSError):  # no memfd here (macOS, Windows, a sandbox): encode into a buffer
-            _scratch.file = None
-    return _scratch.file
+            pass
+    return None if _scratch.holder is None else _scratch.holder.file
 
 
 def encode_image(array: np.ndarray, fmt: str, quality: int | None) -> bytes:
@@ -219,7 +229,7 @@ def encode_image(array: np.ndarray, fmt: str, quality: int | None) -> bytes:
     image = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
     encoder, options = FORMATS[fmt]
     options = {**options, **({} if quality is None else {"quality": quality})}
-    if fmt == "jpg" and array.shape[0] * array.shape[1] > _FILE_MIN_PIXELS and (file := _scratch_file()) is not None:
+    if fmt == "jpg" and array.shape[0] * array.shape[1] > _BUFFER_MAX_PIXELS and (file := _scratch_file()) is not None:
         file.seek(0)  # overwritten, not truncated: the bytes are the first tell() of them
         image.save(file, format=encoder, **options)
         size = file.tell()

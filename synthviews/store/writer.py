@@ -421,7 +421,9 @@ class _BatchJob:
     def __init__(self, futures: list[Future], on_done=None):
         self.futures = futures
         self.left, self.lock, self.on_done = len(futures), threading.Lock(), on_done
-        if on_done is not None:
+        if on_done is not None and not futures:
+            on_done()
+        elif on_done is not None:
             for f in futures:
                 f.add_done_callback(self._one_done)
 
@@ -510,9 +512,11 @@ class _BatchEncoder:
         return _BatchJob(self._chunks(encode, len(idx)), on_done=lambda: self.ring.give_back(buffer))
 
     def _buffer(self, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
-        """A free (rows, *shape) buffer of the ring, made on first use; waiting for one bounds the batches in flight."""
+        """A free (rows, *shape) buffer of the ring, made on first use; waiting for one bounds the batches in flight.
+        A CPU ring has one more: its buffer is taken before the decode, a device's after it."""
         if self.ring is None:
-            self.ring = _HostRing(self.copier, (self.rows, *shape), dtype)
+            extra = 1 if self.sampler.device.type == "cpu" else 0
+            self.ring = _HostRing(self.copier, (self.rows, *shape), dtype, HOST_RING + extra)
         return self.ring.take(lambda: self.pipeline.error)
 
     def _submit_encoded(self, idx: np.ndarray, batch, deltas: np.ndarray, codes: np.ndarray | None) -> _BatchJob:
