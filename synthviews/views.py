@@ -136,13 +136,12 @@ class ViewSampler:
         rows = torch.from_numpy(order)
 
         def pick(name: str) -> torch.Tensor:
-            if name == "images" and out is not None:
-                if into is None:
-                    whole = torch.cat([p.images for p in parts])
-                    self._check_images(whole, len(whole) * out.shape[1])
-                    out.copy_(whole[rows.to(out.device)])
-                return out
+            if name == "images" and into is not None:
+                return into  # the blocks wrote their rows
             whole = torch.cat([getattr(p, name) for p in parts]) if len(parts) != 1 else getattr(parts[0], name)
+            if name == "images" and out is not None:
+                self._check_images(whole, len(whole) * out.shape[1])
+                return out.copy_(whole[rows.to(out.device)])
             if not every_row:
                 return whole[rows.to(whole.device)]
             # made here, outside inference mode: what a caller gets is never an inference tensor

@@ -1,9 +1,17 @@
 """Every format stores and reads back the model's declared channels (WebP has no grey mode)."""
 
+import io
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import synthviews as sv
+import synthviews.store.format as store_format
 from synthviews.data import ShardViews
 from synthviews.store.hub import push
 from synthviews.store.verify import verify
@@ -40,9 +48,6 @@ def test_generate_verify_and_read_back_the_declared_channels(models, tmp_path, n
 # --- JPEG bytes through the GIL-free path (each thread's in-memory file) ----------------------------
 
 def _pillow_jpeg(array, quality):
-    import io
-
-    from PIL import Image
     buf = io.BytesIO()
     Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(
         buf, format="JPEG", quality=quality, optimize=False, progressive=False)
@@ -50,7 +55,6 @@ def _pillow_jpeg(array, quality):
 
 
 def _images():
-    import numpy as np
     rng = np.random.default_rng(0)
     # large then small then large again: a shorter JPEG after a longer one must not carry its tail
     shapes = [(256, 192, 3), (128, 128, 3), (8, 8, 3), (96, 200, 1), (128, 128, 3), (300, 64, 3)]
@@ -59,42 +63,32 @@ def _images():
 
 @pytest.mark.parametrize("quality", [50, 95])
 def test_jpeg_bytes_are_pillows_in_any_order_of_sizes(quality):
-    from synthviews.store.format import encode_image
     for array in _images():
-        assert encode_image(array, "jpg", quality) == _pillow_jpeg(array, quality), array.shape
+        assert store_format.encode_image(array, "jpg", quality) == _pillow_jpeg(array, quality), array.shape
 
 
 def test_jpeg_bytes_are_the_same_without_an_in_memory_file(monkeypatch):
-    import os
-
-    import synthviews.store.format as fmt
-
     def no_memfd(*args):
         raise OSError("memfd_create: not allowed here")
 
-    monkeypatch.setattr(fmt, "_scratch", __import__("threading").local())  # this thread has no file yet
+    monkeypatch.setattr(store_format, "_scratch", threading.local())  # this thread has no file yet
     monkeypatch.setattr(os, "memfd_create", no_memfd)
     for array in _images():
-        assert fmt.encode_image(array, "jpg", 95) == _pillow_jpeg(array, 95)
-    assert fmt._scratch_file() is None
+        assert store_format.encode_image(array, "jpg", 95) == _pillow_jpeg(array, 95)
+    assert store_format._scratch_file() is None
 
 
 def test_threads_encoding_at_once_each_get_their_own_bytes():
-    from concurrent.futures import ThreadPoolExecutor
-
-    from synthviews.store.format import encode_image
     images = _images() * 8
     expected = [_pillow_jpeg(a, 95) for a in images]
     with ThreadPoolExecutor(4) as pool:
         for _ in range(3):
-            assert list(pool.map(lambda a: encode_image(a, "jpg", 95), images)) == expected
+            assert list(pool.map(lambda a: store_format.encode_image(a, "jpg", 95), images)) == expected
 
 
-@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_forked_child_does_not_encode_into_its_parents_file():
-    import os
-
-    from synthviews.store.format import encode_image
+    encode_image = store_format.encode_image
     parent_image, child_image = _images()[0], _images()[5]
     encode_image(parent_image, "jpg", 95)  # this thread's file exists before the fork
     read, write = os.pipe()

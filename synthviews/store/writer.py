@@ -421,11 +421,11 @@ class _BatchJob:
     def __init__(self, futures: list[Future], on_done=None):
         self.futures = futures
         self.left, self.lock, self.on_done = len(futures), threading.Lock(), on_done
-        if on_done is not None and not futures:
-            on_done()
-        elif on_done is not None:
+        if on_done is not None:
             for f in futures:
                 f.add_done_callback(self._one_done)
+            if not futures:
+                on_done()
 
     def _one_done(self, _future) -> None:
         with self.lock:
@@ -469,11 +469,11 @@ class _BatchEncoder:
         if self.split is not None and torch.get_num_threads() != (threads := self.split.generator_threads()):
             torch.set_num_threads(threads)  # generate restores the caller's count at the end
         # On CPU the blocks decode straight into a float buffer of the ring (no batch-sized allocation
-        # or copy per batch), rounded sample by sample where it is encoded (cache-hot). On a device, the
-        # batch is rounded there, then one non-blocking copy of a quarter of the bytes into a uint8 buffer.
-        on_cpu = self.sampler.device.type == "cpu" and self.encoder != "nvjpeg"
-        buffer = self._buffer((self.sampler.views + 1, *self.sampler.model.image_shape), torch.float32) \
-            if on_cpu else None
+        # or copy per batch), rounded sample by sample where it is encoded (cache-hot); taken before the
+        # decode, so the ring has one buffer more. On a device (nvjpeg too: it needs CUDA) the batch is
+        # rounded there, then one non-blocking copy of a quarter of the bytes into a uint8 buffer.
+        buffer = self._buffer((self.sampler.views + 1, *self.sampler.model.image_shape), torch.float32,
+                              HOST_RING + 1) if self.sampler.device.type == "cpu" else None
         try:
             t0 = time.perf_counter()
             batch = self.sampler.sample(idx, out=None if buffer is None else buffer[:len(idx)])
@@ -486,7 +486,7 @@ class _BatchEncoder:
                 pixels, pending = buffer[:len(idx)].numpy(), None
             else:
                 c, h, w = batch.images.shape[2:]
-                buffer = self._buffer((batch.images.shape[1], h, w, c), torch.uint8)
+                buffer = self._buffer((batch.images.shape[1], h, w, c), torch.uint8, HOST_RING)
                 pending = self.copier.start(_rounded_uint8_hwc(batch.images), buffer[:len(idx)])
                 pixels = buffer[:len(idx)].numpy()
         except BaseException:
@@ -511,12 +511,11 @@ class _BatchEncoder:
 
         return _BatchJob(self._chunks(encode, len(idx)), on_done=lambda: self.ring.give_back(buffer))
 
-    def _buffer(self, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
-        """A free (rows, *shape) buffer of the ring, made on first use; waiting for one bounds the batches in flight.
-        A CPU ring has one more: its buffer is taken before the decode, a device's after it."""
+    def _buffer(self, shape: tuple, dtype: torch.dtype, size: int) -> torch.Tensor:
+        """A free (rows, *shape) buffer of the ring of ``size``, made on first use; waiting for one bounds
+        the batches in flight."""
         if self.ring is None:
-            extra = 1 if self.sampler.device.type == "cpu" else 0
-            self.ring = _HostRing(self.copier, (self.rows, *shape), dtype, HOST_RING + extra)
+            self.ring = _HostRing(self.copier, (self.rows, *shape), dtype, size)
         return self.ring.take(lambda: self.pipeline.error)
 
     def _submit_encoded(self, idx: np.ndarray, batch, deltas: np.ndarray, codes: np.ndarray | None) -> _BatchJob:
