@@ -5,7 +5,8 @@ converting to float, normalising and T_x (a preset or ``Augment``) run once per 
 ``device`` (the training device) when it is given, where the uint8 batch is copied (pinned,
 ``non_blocking``) and finished; otherwise T_x runs in the workers (or in the main process with
 ``num_workers=0``), and without T_x the main process converts the uint8 batch (from workers: a
-quarter of the bytes through shared memory). Every sample keeps the T_x parameters it gets
+quarter of the bytes through shared memory, written into slots each worker reuses: see
+``pixel_ring``). Every sample keeps the T_x parameters it gets
 when read one by one (its keyed seed), so the batch a sample lands in changes nothing. A custom
 T_x callable still runs per sample in the workers.
 """
@@ -34,13 +35,27 @@ class ViewsLoader(DataLoader):
         start = getattr(self.dataset, "_start", 0)
         self._handed_out = start
         batched = self.dataset if isinstance(self.dataset, BatchedViews) else None
-        for batch in super().__iter__():
-            if batched is not None and isinstance(batch, RawBatch):
-                batch = batched.views.finish(batch, batched.device)
-            elif batched is not None and batched.device is not None:  # a custom T_x ran per sample in the workers
-                batch = map_tensors(lambda t: t.to(batched.device, non_blocking=t.is_pinned()), batch)
-            self._handed_out += 1
-            yield batch
+        # the workers' uint8 batches go into reused slots; one more per worker than it may have in flight
+        # (workers that outlive the iteration would keep a closed ring: the loader never makes persistent ones)
+        fresh_workers = self.num_workers and not self.persistent_workers
+        ring = batched.open_ring(self.num_workers, self.prefetch_factor + 1) if batched and fresh_workers else None
+        batches = super().__iter__()
+        try:
+            for batch in batches:
+                if batched is not None and isinstance(batch, RawBatch):
+                    raw = batch
+                    try:
+                        batch = batched.views.finish(raw, batched.device)
+                    finally:
+                        raw.release()
+                elif batched is not None and batched.device is not None:  # a custom T_x ran per sample in the workers
+                    batch = map_tensors(lambda t: t.to(batched.device, non_blocking=t.is_pinned()), batch)
+                self._handed_out += 1
+                yield batch
+        finally:
+            del batches  # the workers (and the pinning thread) stop here, before their ring closes
+            if ring is not None:
+                batched.close_ring(ring)
 
     @property
     def views(self):

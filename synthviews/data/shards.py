@@ -50,6 +50,7 @@ from ..store.manifest import parse_manifest, read_manifest
 from ..store.tarshards import ShardError, check_meta, checked_samples
 from .augment import Augment, make_augment
 from .formats import ViewChoice, check_output, format_item, map_tensors
+from .pixel_ring import PixelRing, shared_empty
 
 
 def _manifest_split(manifest: dict, split: str, where: str) -> dict:
@@ -423,13 +424,14 @@ class ShardViews(torch.utils.data.IterableDataset):
         """This dataset yielding uint8 records for :meth:`collate` (what :func:`synthviews.data.loader` reads)."""
         return BatchedViews(self, device)
 
-    def collate(self, records: list, device=None):
+    def collate(self, records: list, device=None, ring: PixelRing | None = None):
         """Records of one batch -> a :class:`RawBatch` of uint8 pixels, finished here (:meth:`finish`) into the
         output layout in the main process (``num_workers=0``) or, in a worker, with a T_x preset on the CPU.
         Otherwise the worker sends the uint8 batch and :meth:`finish` runs in the main process (on ``device``,
-        the training device, if given): a uint8 batch is a quarter of the float bytes to put in fresh shared
-        memory, which cost a worker as much CPU (page faults) as the JPEG decode. Custom T_x callables: the
-        records are finished items already, default-collated."""
+        the training device, if given): a uint8 batch is a quarter of the float bytes to put in shared memory,
+        which cost a worker as much CPU (page faults) as the JPEG decode; with a ``ring`` (what the loader
+        makes) the pixels go into one of the worker's reused slots instead of fresh shared memory.
+        Custom T_x callables: the records are finished items already, default-collated."""
         if not self.batchable:
             return default_collate(records)
         first = records[0].images
@@ -439,14 +441,6 @@ class ShardViews(torch.utils.data.IterableDataset):
             raise ShardError(f"samples {records[0].key}..{records[-1].key} hold views of different sizes or "
                              f"channels {sorted(shapes)}: they cannot be batched")
         h, w, c = first[0].shape
-        in_worker = torch.utils.data.get_worker_info() is not None
-        send_raw = device is not None or (in_worker and self.t_x is None)
-        # in a worker, what goes to the main process is made in shared memory: no copy when it is sent
-        pixels = _empty((len(records), crops, c, h, w), torch.uint8, in_worker and send_raw)
-        target = pixels.numpy()
-        for b, record in enumerate(records):
-            for slot, array in enumerate(record.images):
-                np.copyto(target[b, slot], array.transpose(2, 0, 1))
         chosen = np.array([r.chosen for r in records], dtype=np.int64).reshape(len(records), crops)
         index = np.array([r.index for r in records], dtype=np.int64)
         seeds = None
@@ -459,7 +453,26 @@ class ShardViews(torch.utils.data.IterableDataset):
                     keys = streams.keys(index[rows], self.epoch, f"view{int(v)}/{slot}", "t_x") >> np.uint64(1)
                     seeds[rows, slot] = keys.astype(np.int64)
         extra = default_collate([r.extra for r in records]) if records[0].extra else {}
-        batch = RawBatch(pixels, torch.from_numpy(index), [r.key for r in records], seeds, extra)
+        worker = torch.utils.data.get_worker_info()
+        send_raw = device is not None or (worker is not None and self.t_x is None)
+        # in a worker, what goes to the main process is made in shared memory (a ring slot, else fresh)
+        shape = (len(records), crops, c, h, w)
+        taken = ring.take(worker.id, int(np.prod(shape))) if ring is not None and worker and send_raw else None
+        if taken is not None:
+            pixels, in_ring = taken[1].view(shape), (ring, worker.id, taken[0])
+        else:
+            pixels = shared_empty(shape, torch.uint8) if worker and send_raw else torch.empty(shape, dtype=torch.uint8)
+            in_ring = None
+        target = pixels.numpy()
+        try:
+            for b, record in enumerate(records):
+                for slot, array in enumerate(record.images):
+                    np.copyto(target[b, slot], array.transpose(2, 0, 1))
+        except BaseException:
+            if in_ring is not None:
+                ring.untake(in_ring[2])  # not sent: the worker may fill it again
+            raise
+        batch = RawBatch(pixels, torch.from_numpy(index), [r.key for r in records], seeds, extra, in_ring)
         return batch if send_raw else self.finish(batch)
 
     def finish(self, batch: "RawBatch", device=None):
@@ -489,16 +502,6 @@ class ShardViews(torch.utils.data.IterableDataset):
         return map_tensors(lambda t: t if t.is_pinned() else t.pin_memory(), item) if pinned else item
 
 
-def _empty(shape, dtype: torch.dtype, shared: bool) -> torch.Tensor:
-    """An uninitialised CPU tensor, in shared memory if ``shared`` (as default_collate makes batches in
-    workers: the DataLoader then sends it without copying)."""
-    if not shared:
-        return torch.empty(shape, dtype=dtype)
-    numel = int(np.prod(shape))
-    storage = torch.empty((), dtype=dtype)._typed_storage()._new_shared(numel, device="cpu")
-    return torch.empty((), dtype=dtype).new(storage).view(*shape) if numel else torch.empty(shape, dtype=dtype)
-
-
 class _Record:
     """One sample, decoded: the chosen views as uint8 (H, W, C) arrays, its index, key, view numbers, extras."""
 
@@ -511,15 +514,43 @@ class _Record:
 class RawBatch:
     """A collated batch before conversion: ``pixels`` uint8 (B, crops, C, H, W), ``index`` (B,) int64,
     ``keys``, ``seeds`` (B, crops) T_x seeds (None without T_x) and the collated extras. ``pin_memory()``
-    pins the pixels (the DataLoader calls it with ``pin_memory=True``)."""
+    pins the pixels (the DataLoader calls it with ``pin_memory=True``). ``ring``: ``(PixelRing, worker,
+    slot)`` when the pixels are a ring slot; a worker then sends the slot's number, not its pages, and the
+    main process calls :meth:`release` once it has read them."""
 
-    __slots__ = ("pixels", "index", "keys", "seeds", "extra")
+    __slots__ = ("pixels", "index", "keys", "seeds", "extra", "ring")
 
-    def __init__(self, pixels, index, keys, seeds, extra):
+    def __init__(self, pixels, index, keys, seeds, extra, ring=None):
         self.pixels, self.index, self.keys, self.seeds, self.extra = pixels, index, keys, seeds, extra
+        self.ring = ring
 
     def pin_memory(self) -> "RawBatch":
-        return RawBatch(self.pixels.pin_memory(), self.index, self.keys, self.seeds, self.extra)
+        pinned = RawBatch(self.pixels.pin_memory(), self.index, self.keys, self.seeds, self.extra)
+        self.release()
+        return pinned
+
+    def release(self) -> None:
+        """The pixels are read (main process): a ring slot goes back to its worker to be filled again."""
+        if self.ring is not None:
+            ring, worker, slot = self.ring
+            self.ring = None
+            ring.give_back(worker, slot)
+
+    def __reduce__(self):
+        # the index goes as a numpy array: a tensor would get a shared-memory file (and a socket hand-over) of its own
+        if self.ring is None:
+            return _raw_batch, (None, 0, 0, self.pixels, self.index.numpy(), self.keys, self.seeds, self.extra)
+        ring, worker, slot = self.ring
+        return _raw_batch, (ring.id, worker, slot, tuple(self.pixels.shape), self.index.numpy(), self.keys,
+                            self.seeds, self.extra)
+
+
+def _raw_batch(ring_id, worker, slot, pixels, index, keys, seeds, extra) -> RawBatch:
+    """A RawBatch as it arrives from a worker: with ``ring_id``, ``pixels`` is the shape of its ring slot."""
+    if ring_id is None:
+        return RawBatch(pixels, torch.from_numpy(index), keys, seeds, extra)
+    ring = PixelRing.lookup(ring_id)
+    return RawBatch(ring.view(worker, slot, pixels), torch.from_numpy(index), keys, seeds, extra, (ring, worker, slot))
 
 
 class BatchedViews(torch.utils.data.IterableDataset):
@@ -530,6 +561,7 @@ class BatchedViews(torch.utils.data.IterableDataset):
     def __init__(self, views: ShardViews, device=None):
         super().__init__()
         self.views, self.device = views, device
+        self.ring: PixelRing | None = None
 
     def __iter__(self):
         records = iter(self.views._records())
@@ -539,7 +571,23 @@ class BatchedViews(torch.utils.data.IterableDataset):
         return len(self.views)
 
     def collate(self, records: list):
-        return self.views.collate(records, self.device)
+        return self.views.collate(records, self.device, self.ring)
+
+    def open_ring(self, workers: int, slots: int) -> PixelRing | None:
+        """Before ``workers`` start (main process): ``slots`` reused shared-memory slots each for the uint8
+        batches they send, if they send any and their size is known (a manifest); None otherwise."""
+        views = self.views
+        if not views.batchable or (self.device is None and views.t_x is not None) or views.config is None \
+                or not views.batch_size:
+            return None
+        h, w, _ = views.stored_hwc
+        self.ring = PixelRing(workers, slots, views.batch_size * views.choice.crops * views.channels * h * w)
+        return self.ring
+
+    def close_ring(self, ring: PixelRing) -> None:
+        ring.close()
+        if self.ring is ring:
+            self.ring = None
 
     def set_epoch(self, epoch: int) -> None:
         self.views.set_epoch(epoch)
