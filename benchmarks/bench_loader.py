@@ -135,18 +135,21 @@ def main() -> None:
 
         blobs = [sample[f"view{v}.jpg"] for url in urls for sample in wds.WebDataset(url, shardshuffle=False)
                  for v in (0, 1)]
-        # the per-worker figure: the reader in this process (what one worker does: read, check, decode,
-        # collate, convert), measured in turns with the PIL loop so that a busy machine slows both alike
-        limit = inproc = 0.0
+        # the per-worker figures: the reader in this process (what one worker does: read, check, decode,
+        # collate, convert) and one worker, measured in turns with the PIL loop so that a machine whose
+        # speed drifts (a shared one does, by 1.5x within minutes) slows them alike
+        limit = inproc = one = 0.0
         for _ in range(3):
             limit = max(limit, decode_limit(blobs, runs=1))
             inproc = max(inproc, rate(lambda: loader(out, batch_size=BATCH, num_workers=0, shuffle=0, pairs=[0, 1])))
+            one = max(one, rate(lambda: loader(out, batch_size=BATCH, num_workers=1, shuffle=0, pairs=[0, 1])))
         cpu_limit = max(decode_cpu_limit(blobs) for _ in range(2))
         cpu_one = max(cpu_rate(lambda: loader(out, batch_size=BATCH, num_workers=1, shuffle=0, pairs=[0, 1]))
                       for _ in range(2))
         rows, measured = [("ShardViews, in this process (0 workers)", inproc, float("nan"), float("nan"))], {}
         for workers in (1, 2):
-            ours = rate(lambda: loader(out, batch_size=BATCH, num_workers=workers, shuffle=0, pairs=[0, 1]), runs=2)
+            ours = one if workers == 1 else rate(
+                lambda: loader(out, batch_size=BATCH, num_workers=workers, shuffle=0, pairs=[0, 1]), runs=2)
             bare = rate(lambda: DataLoader(
                 wds.DataPipeline(wds.SimpleShardList(urls), wds.split_by_worker, wds.tarfile_to_samples(),
                                  wds.map(_bare_item)),
@@ -195,7 +198,7 @@ def main() -> None:
         times = lambda v, width: f"{v:>{width}.2f}x" if v == v else f"{'-':>{width + 1}}"  # noqa: E731 (nan: no reference)
         print(f"| {name:<44} | {r:>8.0f} | {times(vs_bare, 7)} | {times(vs_png, 6)} |")
     print("(ContinuousViews rows compare with the bare generation loop, not with the shard readers.)")
-    (one, bare_one), (two, bare_two) = measured[1], measured[2]
+    (_, bare_one), (two, bare_two) = measured[1], measured[2]
     print()
     print(f"| {'ratio (issue 14)':<64} | {'value':>15} | {'goal':>7} |")
     print(f"|{'-' * 66}|{'-' * 17}|{'-' * 9}|")
