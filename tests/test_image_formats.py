@@ -67,6 +67,7 @@ def test_jpeg_bytes_are_pillows_in_any_order_of_sizes(quality):
         assert store_format.encode_image(array, "jpg", quality) == _pillow_jpeg(array, quality), array.shape
 
 
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")  # nothing half made
 def test_jpeg_bytes_are_the_same_without_an_in_memory_file(monkeypatch):
     def no_memfd(*args):
         raise OSError("memfd_create: not allowed here")

@@ -204,11 +204,16 @@ _scratch = threading.local()
 class _ScratchFile:
     """An in-memory file (memfd), closed with its owner (the thread, or the forked child replacing it)."""
 
-    def __init__(self):
-        self.file = open(os.memfd_create("synthviews-encode", os.MFD_CLOEXEC), "w+b", buffering=0)  # noqa: SIM115
+    def __init__(self, file):
+        self.file = file
 
     def __del__(self):
         self.file.close()
+
+    @classmethod
+    def open(cls) -> _ScratchFile:
+        """A new one; raises where there is no memfd (before an object exists: none is half made)."""
+        return cls(open(os.memfd_create("synthviews-encode", os.MFD_CLOEXEC), "w+b", buffering=0))  # noqa: SIM115
 
 
 def _scratch_file():
@@ -216,7 +221,7 @@ def _scratch_file():
     if getattr(_scratch, "pid", None) != os.getpid():  # a new thread, or a forked child: never the parent's file
         _scratch.pid, _scratch.holder = os.getpid(), None  # a child closes its copy of the parent's descriptor
         try:
-            _scratch.holder = _ScratchFile()
+            _scratch.holder = _ScratchFile.open()
         except (AttributeError, OSError):  # no memfd here (macOS, Windows, a sandbox): encode into a buffer
             pass
     return None if _scratch.holder is None else _scratch.holder.file
