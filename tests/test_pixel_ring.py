@@ -5,9 +5,12 @@ a worker without a free slot falls back to fresh shared memory, and the batches 
 
 import pickle
 import time
+import types
 
+import numpy as np
 import pytest
 import torch
+from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
 
 from synthviews.data import ShardViews, ViewsLoader, loader
 from synthviews.data import pixel_ring as ring_module
@@ -167,3 +170,103 @@ def test_spawned_workers_get_the_ring_with_the_dataset(dataset, finished):
                      multiprocessing_context="spawn")
     _same(list(dl), reference)
     assert finished and all(finished)
+
+
+def test_pinning_copies_the_pixels_out_before_it_gives_the_slot_back(monkeypatch):
+    """The DataLoader's pinning thread: a slot given back before the copy could be refilled under it."""
+    ring = PixelRing(workers=1, slots=1, slot_bytes=48)
+    try:
+        slot, flat = ring.take(0, 48)
+        batch = shards_module.RawBatch(flat.view(1, 1, 3, 4, 4), torch.tensor([0]), ["000000"], None, {}, (ring, 0, slot))
+        given_back_during_copy = []
+
+        def pin_memory(tensor):
+            given_back_during_copy.append(ring._returned[0].poll())
+            return tensor.clone()
+
+        monkeypatch.setattr(torch.Tensor, "pin_memory", pin_memory)  # no CUDA here
+        batch.pin_memory()
+        assert given_back_during_copy == [False] and ring._returned[0].poll()  # after the copy, not before
+    finally:
+        ring.close()
+
+
+def test_a_batch_that_fails_in_collate_puts_its_slot_back(dataset, monkeypatch):
+    views = ShardViews(dataset, batch_size=2)
+    ring = views.batched().open_ring(1, 1)
+    monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: types.SimpleNamespace(id=0))  # as in worker 0
+    floats = [shards_module._Record([np.zeros((16, 16, 3))], i, f"{i:06d}", [0], {}) for i in range(2)]
+    try:
+        with pytest.raises(TypeError):  # float pixels do not copy into uint8
+            views.collate(floats, ring=ring)
+        assert ring.take(0, 1) is not None  # the one slot is free again
+    finally:
+        ring.close()
+
+
+def test_a_worker_error_stops_the_workers_before_their_ring_closes(dataset, monkeypatch):
+    """The error's traceback holds the DataLoader's iterator: the workers must be stopped, not left to
+    the garbage collector (the pinning thread would read batches from a closed ring)."""
+    events = []
+    real_collate, real_stop = shards_module.ShardViews.collate, _MultiProcessingDataLoaderIter._shutdown_workers
+    real_close = shards_module.BatchedViews.close_ring
+
+    def collate(self, records, device=None, ring=None):
+        if records[0].index >= 4 * BATCH:
+            raise ValueError("a broken batch")
+        return real_collate(self, records, device, ring)
+
+    def stop(self):
+        events.append("workers stopped")
+        real_stop(self)
+
+    def close_ring(self, ring):
+        events.append("ring closed")
+        real_close(self, ring)
+
+    monkeypatch.setattr(shards_module.ShardViews, "collate", collate)  # the forked worker has it too
+    monkeypatch.setattr(_MultiProcessingDataLoaderIter, "_shutdown_workers", stop)
+    monkeypatch.setattr(shards_module.BatchedViews, "close_ring", close_ring)
+    with pytest.raises(ValueError, match="a broken batch"):
+        list(loader(dataset, batch_size=BATCH, num_workers=1, shuffle=0, pairs=[0, 1]))
+    assert events[:2] == ["workers stopped", "ring closed"] and not ring_module._OPEN
+
+
+def test_persistent_workers_get_no_ring_and_read_every_epoch(dataset, finished):
+    """Workers that outlive an iteration would hold the ring it closed."""
+    kw = dict(shuffle=0, pairs=[0, 1])
+    reference = list(loader(dataset, batch_size=BATCH, **kw))
+    batched = ShardViews(dataset, batch_size=BATCH, num_workers=1, **kw).batched()
+    dl = ViewsLoader(batched, batch_size=BATCH, num_workers=1, drop_last=True, collate_fn=batched.collate,
+                     persistent_workers=True)
+    finished.clear()
+    for _ in range(2):
+        _same(list(dl), reference)
+    assert len(finished) == 2 * len(reference) and not any(finished)
+
+
+def test_a_ring_that_cannot_be_made_leaves_each_batch_in_fresh_shared_memory(dataset, finished, monkeypatch):
+    """A container's small /dev/shm: the ring is a speed-up, a failure to make it is not an error."""
+    kw = dict(shuffle=0, pairs=[0, 1])
+    reference = list(loader(dataset, batch_size=BATCH, **kw))
+
+    def no_space(shape, dtype):
+        raise RuntimeError("unable to write to file </torch_1_2_3>: No space left on device (28)")
+
+    monkeypatch.setattr(ring_module, "shared_empty", no_space)
+    finished.clear()
+    with pytest.warns(UserWarning, match="fresh shared memory.*No space left on device"):
+        got = list(loader(dataset, batch_size=BATCH, num_workers=1, **kw))
+    _same(got, reference)
+    assert finished and not any(finished)
+
+
+def test_a_prefetch_beyond_the_ring_s_slots_still_loads(dataset, finished):
+    kw = dict(shuffle=0, pairs=[0, 1])
+    reference = list(loader(dataset, batch_size=BATCH, **kw))
+    batched = ShardViews(dataset, batch_size=BATCH, num_workers=1, **kw).batched()
+    dl = ViewsLoader(batched, batch_size=BATCH, num_workers=1, drop_last=True, collate_fn=batched.collate,
+                     prefetch_factor=300)
+    finished.clear()
+    _same(list(dl), reference)
+    assert all(finished)

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from ..errors import ConfigError
 from .continuous import ContinuousViews
 from .formats import map_tensors
+from .pixel_ring import PixelRing
 from .shards import BatchedViews, RawBatch, ShardViews
 
 
@@ -38,7 +39,9 @@ class ViewsLoader(DataLoader):
         # the workers' uint8 batches go into reused slots; one more per worker than it may have in flight
         # (workers that outlive the iteration would keep a closed ring: the loader never makes persistent ones)
         fresh_workers = self.num_workers and not self.persistent_workers
-        ring = batched.open_ring(self.num_workers, self.prefetch_factor + 1) if batched and fresh_workers else None
+        ring = None
+        if batched is not None and fresh_workers:  # (a prefetch beyond the most slots a ring has: fresh memory for the rest)
+            ring = batched.open_ring(self.num_workers, min(self.prefetch_factor + 1, PixelRing.MAX_SLOTS))
         batches = super().__iter__()
         try:
             for batch in batches:
@@ -53,8 +56,13 @@ class ViewsLoader(DataLoader):
                 self._handed_out += 1
                 yield batch
         finally:
-            del batches  # the workers (and the pinning thread) stop here, before their ring closes
             if ring is not None:
+                # the workers (and the pinning thread) stop before their ring closes, also when an error's
+                # traceback still holds the iterator (deleting it would not stop them then)
+                stop = getattr(batches, "_shutdown_workers", None)
+                if stop is not None:
+                    stop()
+                del batches
                 batched.close_ring(ring)
 
     @property

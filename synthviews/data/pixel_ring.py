@@ -41,9 +41,11 @@ class PixelRing:
     reading it. Made in the main process before the workers start; :meth:`close` there at the end.
     """
 
+    MAX_SLOTS = 255  # a slot's number goes back as one byte
+
     def __init__(self, workers: int, slots: int, slot_bytes: int):
-        if not (0 < slots < 256):
-            raise ValueError(f"slots must be in 1..255, got {slots}")
+        if not (0 < slots <= self.MAX_SLOTS):
+            raise ValueError(f"slots must be in 1..{self.MAX_SLOTS}, got {slots}")
         self.workers, self.slots, self.slot_bytes = int(workers), int(slots), int(slot_bytes)
         self.buffer = shared_empty((self.workers, self.slots, self.slot_bytes), torch.uint8)
         pipes = [multiprocessing.Pipe(duplex=False) for _ in range(self.workers)]

@@ -581,7 +581,12 @@ class BatchedViews(torch.utils.data.IterableDataset):
                 or not views.batch_size:
             return None
         h, w, _ = views.stored_hwc
-        self.ring = PixelRing(workers, slots, views.batch_size * views.choice.crops * views.channels * h * w)
+        try:
+            self.ring = PixelRing(workers, slots, views.batch_size * views.choice.crops * views.channels * h * w)
+        except (RuntimeError, OSError) as e:  # e.g. a container's 64 MB /dev/shm: each batch in fresh memory
+            warnings.warn(f"synthviews loader: the workers' batches go into fresh shared memory each, their "
+                          f"reused slots could not be made ({e})", stacklevel=3)
+            return None
         return self.ring
 
     def close_ring(self, ring: PixelRing) -> None:
