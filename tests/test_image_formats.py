@@ -12,6 +12,7 @@ from PIL import Image
 
 import synthviews as sv
 import synthviews.store.format as store_format
+import synthviews.store.jpeg as jpeg
 from synthviews.data import ShardViews
 from synthviews.store.hub import push
 from synthviews.store.verify import verify
@@ -72,11 +73,37 @@ def test_jpeg_bytes_are_the_same_without_an_in_memory_file(monkeypatch):
     def no_memfd(*args):
         raise OSError("memfd_create: not allowed here")
 
-    monkeypatch.setattr(store_format, "_scratch", threading.local())  # this thread has no file yet
+    monkeypatch.setattr(jpeg, "_local", threading.local())  # this thread has no file yet
     monkeypatch.setattr(os, "memfd_create", no_memfd)
     for array in _images():
         assert store_format.encode_image(array, "jpg", 95) == _pillow_jpeg(array, 95)
-    assert store_format._scratch_file() is None
+    assert jpeg._scratch() is None
+
+
+def test_after_the_first_view_the_encoder_runs_without_image_save(monkeypatch):
+    monkeypatch.setattr(jpeg, "_SETTINGS", {})
+    saved = []
+    real_saved = jpeg._saved
+    monkeypatch.setattr(jpeg, "_saved", lambda image, quality: saved.append(image.size) or real_saved(image, quality))
+    images = _images()
+    for array in images:
+        assert store_format.encode_image(array, "jpg", 80) == _pillow_jpeg(array, 80), array.shape
+    assert saved == [(192, 256), (200, 96)]  # one reference save per mode (RGB, then grey), then none
+    assert all(isinstance(settings, tuple) for settings in jpeg._SETTINGS.values())
+
+
+@pytest.mark.parametrize("mismatch", ["other bytes", "another API"])
+def test_a_pillow_whose_encoder_differs_gets_image_save(monkeypatch, mismatch):
+    def differing(image, settings, file):
+        if mismatch == "another API":
+            raise TypeError("function takes at most 16 arguments (17 given)")
+        return b"\xff\xd8 not the same"
+
+    monkeypatch.setattr(jpeg, "_SETTINGS", {})
+    monkeypatch.setattr(jpeg, "_encoded", differing)
+    for array in _images():
+        assert store_format.encode_image(array, "jpg", 95) == _pillow_jpeg(array, 95), array.shape
+    assert jpeg._SETTINGS == {("RGB", 95): None, ("L", 95): None}
 
 
 def test_threads_encoding_at_once_each_get_their_own_bytes():

@@ -1,14 +1,13 @@
 """Encoding samples: the per-sample work of the shard writer, in its threads or in worker processes.
 
-A 32x32 JPEG costs ~80 us of Pillow's Python for ~10 us of libjpeg, all of it
-holding the GIL that the generator's threads need to dispatch their many small
-ops. Digits (32 px) runs at 0.90 of a bare decode with the encoding in worker
-processes and at 0.86 in threads (benchmarks/bench_generate.py, mean of paired
-rounds); the README's main job takes ~64 s instead of ~70 s. Large views encode
-in C with the GIL released (``format.encode_image`` compresses into each thread's
-in-memory file) and would push megabytes a sample through the pipes (toy 128 px:
-0.55 in processes against 0.67 in threads), so they stay in threads. Either way
-the bytes are the same (same numpy rounding, same Pillow).
+Encoding a 32x32 view is mostly Python (rounding, json, the tar fields, the call into
+libjpeg), all of it holding the GIL that the generator's threads need to dispatch their
+many small ops. Digits (32 px) runs at ~0.8-0.9 of a bare decode with the encoding in
+worker processes and ~0.7 in threads (benchmarks/bench_generate.py, section 1). Large
+views spend their time in libjpeg with the GIL released (see ``jpeg``) and would push
+megabytes a sample through the pipes (toy 128 px: 0.55 in processes against 0.67 in
+threads), so they stay in threads. Either way the bytes are the same (same numpy
+rounding, same Pillow encoder).
 
 The workers are plain ``python -c`` children fed pickles over their stdin and
 answering on their stdout (not ``multiprocessing``: its spawn re-runs a user's

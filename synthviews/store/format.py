@@ -23,12 +23,12 @@ import io
 import json
 import os
 import re
-import threading
 
 import numpy as np
 from PIL import Image
 
 from ..errors import ConfigError
+from .jpeg import SAVE_OPTIONS, encode_jpeg
 
 # --- file names --------------------------------------------------------------------------------------------
 
@@ -163,7 +163,7 @@ def stored_hwc(config: dict) -> tuple[int, int, int]:
 # --- image encoding ----------------------------------------------------------------------------------------
 
 # Image suffix -> the PIL encoder and the options that fix its bytes (no optimise pass, no progressive JPEG).
-FORMATS = {"jpg": ("JPEG", {"optimize": False, "progressive": False}), "png": ("PNG", {"compress_level": 6}),
+FORMATS = {"jpg": ("JPEG", SAVE_OPTIONS), "png": ("PNG", {"compress_level": 6}),
            "webp": ("WEBP", {"method": 4})}
 DEFAULT_QUALITY = {"jpg": 95, "webp": 90, "png": None}
 
@@ -192,56 +192,16 @@ def stored_channels(fmt: str, channels: int) -> int:
     return 3 if fmt == "webp" and channels == 1 else channels
 
 
-# Pillow compresses a JPEG into a bytes buffer holding the GIL, but into a file descriptor with the
-# GIL released: so each thread encodes into its own in-memory file (memfd), and encoding threads
-# (and the generator's) run in parallel. At 128 px 2 threads encode ~2x the views of 1 this way,
-# and fewer than 1 thread does through a buffer (benchmarks/bench_generate.py, section 3b). Small
-# views cost mostly Pillow's Python, which holds the GIL either way: they keep the buffer.
-_BUFFER_MAX_PIXELS = 64 * 64  # JPEGs up to this size keep the buffer
-_scratch = threading.local()
-
-
-class _ScratchFile:
-    """An in-memory file (memfd), closed with its owner (the thread, or the forked child replacing it)."""
-
-    def __init__(self, file):
-        self.file = file
-
-    def __del__(self):
-        self.file.close()
-
-    @classmethod
-    def open(cls) -> _ScratchFile:
-        """A new one; raises where there is no memfd (before an object exists: none is half made)."""
-        return cls(open(os.memfd_create("synthviews-encode", os.MFD_CLOEXEC), "w+b", buffering=0))  # noqa: SIM115
-
-
-def _scratch_file():
-    """This thread's in-memory file to encode into, or None where there is none (not Linux)."""
-    if getattr(_scratch, "pid", None) != os.getpid():  # a new thread, or a forked child: never the parent's file
-        _scratch.pid, _scratch.holder = os.getpid(), None  # a child closes its copy of the parent's descriptor
-        try:
-            _scratch.holder = _ScratchFile.open()
-        except (AttributeError, OSError):  # no memfd here (macOS, Windows, a sandbox): encode into a buffer
-            pass
-    return None if _scratch.holder is None else _scratch.holder.file
-
-
 def encode_image(array: np.ndarray, fmt: str, quality: int | None) -> bytes:
-    """(H, W, C) uint8 -> image file bytes; same pixels, same bytes (grey WebP: see :func:`stored_channels`)."""
+    """(H, W, C) uint8 -> image file bytes; same pixels, same bytes (grey WebP: see :func:`stored_channels`).
+    JPEGs go through :mod:`.jpeg` (Pillow's bytes, less Python a view, the GIL released)."""
+    if fmt == "jpg":
+        return encode_jpeg(array, quality)
     if fmt == "webp" and array.shape[-1] == 1:
         array = np.repeat(array, 3, axis=-1)
     image = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
     encoder, options = FORMATS[fmt]
     options = {**options, **({} if quality is None else {"quality": quality})}
-    if fmt == "jpg" and array.shape[0] * array.shape[1] > _BUFFER_MAX_PIXELS and (file := _scratch_file()) is not None:
-        file.seek(0)  # overwritten, not truncated: the bytes are the first tell() of them
-        image.save(file, format=encoder, **options)
-        size = file.tell()
-        data = os.pread(file.fileno(), size, 0)
-        if len(data) != size:
-            raise OSError(f"read {len(data)} of {size} encoded bytes back from memory")
-        return data
     buf = io.BytesIO()
     image.save(buf, format=encoder, **options)
     return buf.getvalue()
