@@ -58,8 +58,11 @@ def _pillow_jpeg(array, quality):
 def _images():
     rng = np.random.default_rng(0)
     # large then small then large again: a shorter JPEG after a longer one must not carry its tail
-    shapes = [(256, 192, 3), (128, 128, 3), (8, 8, 3), (96, 200, 1), (128, 128, 3), (300, 64, 3)]
-    return [rng.integers(0, 256, shape, dtype=np.uint8) for shape in shapes]
+    # and grey and RGB of one size in turn: a thread's reused image must change its mode
+    shapes = [(256, 192, 3), (128, 128, 3), (8, 8, 3), (96, 200, 1), (128, 128, 3), (300, 64, 3), (300, 64, 1),
+              (300, 64, 3)]
+    arrays = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in shapes]
+    return arrays + [rng.integers(0, 256, (64, 130, 3), dtype=np.uint8)[:, ::2]]  # not contiguous
 
 
 @pytest.mark.parametrize("quality", [50, 95])
@@ -104,6 +107,15 @@ def test_a_pillow_whose_encoder_differs_gets_image_save(monkeypatch, mismatch):
     for array in _images():
         assert store_format.encode_image(array, "jpg", 95) == _pillow_jpeg(array, 95), array.shape
     assert jpeg._SETTINGS == {("RGB", 95): None, ("L", 95): None}
+
+
+@pytest.mark.parametrize("array", [np.zeros((8, 8, 3), np.int32), np.zeros((8, 8, 4), np.uint8),
+                                   np.zeros((8, 8, 1), np.uint16)], ids=["int32", "4 channels", "uint16 grey"])
+def test_an_array_pillow_refuses_is_refused_not_encoded(array):
+    with pytest.raises((TypeError, OSError, ValueError)):
+        _pillow_jpeg(array, 95)
+    with pytest.raises((TypeError, OSError, ValueError)):
+        store_format.encode_image(array, "jpg", 95)
 
 
 def test_threads_encoding_at_once_each_get_their_own_bytes():

@@ -245,20 +245,32 @@ def test_persistent_workers_get_no_ring_and_read_every_epoch(dataset, finished):
     assert len(finished) == 2 * len(reference) and not any(finished)
 
 
-def test_a_ring_that_cannot_be_made_leaves_each_batch_in_fresh_shared_memory(dataset, finished, monkeypatch):
-    """A container's small /dev/shm: the ring is a speed-up, a failure to make it is not an error."""
+def _no_space(*args, **kwargs):
+    raise RuntimeError("unable to write to file </torch_1_2_3>: No space left on device (28)")
+
+
+def _no_descriptors(*args, **kwargs):
+    raise OSError(24, "Too many open files")
+
+
+@pytest.mark.parametrize("patch, message", [
+    (("shared_empty", _no_space), "No space left"),
+    (("multiprocessing", types.SimpleNamespace(Pipe=_no_descriptors)), "Too many open files"),
+], ids=["no space in /dev/shm", "no descriptors"])
+def test_a_ring_that_cannot_be_made_leaves_each_batch_in_fresh_shared_memory(dataset, finished, monkeypatch,
+                                                                             patch, message):
+    """A container's small /dev/shm: the ring is a speed-up, a failure to make it is not an error (one
+    warning, not one an epoch)."""
     kw = dict(shuffle=0, pairs=[0, 1])
     reference = list(loader(dataset, batch_size=BATCH, **kw))
-
-    def no_space(shape, dtype):
-        raise RuntimeError("unable to write to file </torch_1_2_3>: No space left on device (28)")
-
-    monkeypatch.setattr(ring_module, "shared_empty", no_space)
+    monkeypatch.setattr(ring_module, *patch)
+    dl = loader(dataset, batch_size=BATCH, num_workers=1, **kw)
     finished.clear()
-    with pytest.warns(UserWarning, match="fresh shared memory.*No space left on device"):
-        got = list(loader(dataset, batch_size=BATCH, num_workers=1, **kw))
-    _same(got, reference)
-    assert finished and not any(finished)
+    with pytest.warns(UserWarning, match=f"fresh shared memory.*{message}") as caught:
+        for _ in range(2):
+            _same(list(dl), reference)
+    assert len([w for w in caught if "fresh shared memory" in str(w.message)]) == 1
+    assert len(finished) == 2 * len(reference) and not any(finished)
 
 
 def test_a_prefetch_beyond_the_ring_s_slots_still_loads(dataset, finished):
@@ -270,3 +282,21 @@ def test_a_prefetch_beyond_the_ring_s_slots_still_loads(dataset, finished):
     finished.clear()
     _same(list(dl), reference)
     assert all(finished)
+
+
+def test_the_ring_closes_even_when_stopping_the_workers_fails(dataset, monkeypatch):
+    calls = []
+
+    def interrupted(self):
+        real_stop(self)
+        calls.append(1)
+        if len(calls) == 1:  # (not again from the iterator's __del__)
+            raise KeyboardInterrupt  # e.g. Ctrl-C while the pinning thread is joined
+
+    real_stop = _MultiProcessingDataLoaderIter._shutdown_workers
+    monkeypatch.setattr(_MultiProcessingDataLoaderIter, "_shutdown_workers", interrupted)
+    it = iter(loader(dataset, batch_size=BATCH, num_workers=1, shuffle=0, pairs=[0, 1]))
+    next(it)
+    with pytest.raises(KeyboardInterrupt):
+        it.close()
+    assert not ring_module._OPEN

@@ -42,8 +42,9 @@ class ViewsLoader(DataLoader):
         ring = None
         if batched is not None and fresh_workers:  # (a prefetch beyond the most slots a ring has: fresh memory for the rest)
             ring = batched.open_ring(self.num_workers, min(self.prefetch_factor + 1, PixelRing.MAX_SLOTS))
-        batches = super().__iter__()
+        batches = None
         try:
+            batches = super().__iter__()  # (inside: workers that fail to start leave no ring open)
             for batch in batches:
                 if batched is not None and isinstance(batch, RawBatch):
                     raw = batch
@@ -59,11 +60,13 @@ class ViewsLoader(DataLoader):
             if ring is not None:
                 # the workers (and the pinning thread) stop before their ring closes, also when an error's
                 # traceback still holds the iterator (deleting it would not stop them then)
-                stop = getattr(batches, "_shutdown_workers", None)
-                if stop is not None:
-                    stop()
-                del batches
-                batched.close_ring(ring)
+                try:
+                    stop = getattr(batches, "_shutdown_workers", None)
+                    if stop is not None:
+                        stop()
+                finally:
+                    del batches
+                    batched.close_ring(ring)
 
     @property
     def views(self):

@@ -562,6 +562,7 @@ class BatchedViews(torch.utils.data.IterableDataset):
         super().__init__()
         self.views, self.device = views, device
         self.ring: PixelRing | None = None
+        self.ring_failed = False  # a ring could not be made (warned once)
 
     def __iter__(self):
         records = iter(self.views._records())
@@ -584,8 +585,10 @@ class BatchedViews(torch.utils.data.IterableDataset):
         try:
             self.ring = PixelRing(workers, slots, views.batch_size * views.choice.crops * views.channels * h * w)
         except (RuntimeError, OSError) as e:  # e.g. a container's 64 MB /dev/shm: each batch in fresh memory
-            warnings.warn(f"synthviews loader: the workers' batches go into fresh shared memory each, their "
-                          f"reused slots could not be made ({e})", stacklevel=3)
+            if not self.ring_failed:  # once, not every epoch (torch's message names a new file each time)
+                warnings.warn(f"synthviews loader: the workers' batches go into fresh shared memory each, "
+                              f"their reused slots could not be made ({e})", stacklevel=3)
+            self.ring_failed = True
             return None
         return self.ring
 

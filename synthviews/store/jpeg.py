@@ -98,7 +98,8 @@ def _encoded(image: Image.Image, settings: tuple, file) -> bytes:
 def encode_jpeg(array: np.ndarray, quality: int) -> bytes:
     """(H, W, 1) or (H, W, 3) uint8 -> the JPEG bytes ``Image.save`` gives at ``quality``."""
     scratch = _scratch()
-    if scratch is None:
+    if scratch is None or array.dtype != np.uint8 or array.ndim != 3 or array.shape[-1] not in (1, 3):
+        # (anything else is Image.fromarray's to accept or refuse, as it was)
         return _saved(Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array), quality)
     image = scratch.image_of(array)
     key = (image.mode, quality)
