@@ -1,8 +1,8 @@
 """Encoding samples: the per-sample work of the shard writer, in its threads or in worker processes.
 
-Encoding a 32x32 view is mostly Python (rounding, json, the tar fields, the call into
-libjpeg), all of it holding the GIL that the generator's threads need to dispatch their
-many small ops. Digits (32 px) runs at ~0.8-0.9 of a bare decode with the encoding in
+Encoding a sample of 32x32 views is about half Python (rounding, json, the tar fields,
+the calls into libjpeg), which holds the GIL that the generator's threads need to
+dispatch their many small ops. Digits (32 px) runs at ~0.8-0.9 of a bare decode with the encoding in
 worker processes and ~0.7 in threads (benchmarks/bench_generate.py, section 1). Large
 views spend their time in libjpeg with the GIL released (see ``jpeg``) and would push
 megabytes a sample through the pipes (toy 128 px: 0.55 in processes against 0.67 in
