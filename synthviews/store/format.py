@@ -195,8 +195,8 @@ def stored_channels(fmt: str, channels: int) -> int:
 def encode_image(array: np.ndarray, fmt: str, quality: int | None) -> bytes:
     """(H, W, C) uint8 -> image file bytes; same pixels, same bytes (grey WebP: see :func:`stored_channels`).
     JPEGs go through :mod:`.jpeg` (Pillow's bytes, less Python a view, the GIL released)."""
-    if fmt == "jpg":
-        return encode_jpeg(array, quality)
+    if fmt == "jpg" and (data := encode_jpeg(array, quality)) is not None:
+        return data
     if fmt == "webp" and array.shape[-1] == 1:
         array = np.repeat(array, 3, axis=-1)
     image = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)

@@ -13,8 +13,8 @@ Two costs of ``Image.save`` dominate small views, and one holds back the threads
 
 The bytes are Pillow's: the first view of each (mode, quality) is encoded both ways and
 compared; a Pillow whose encoder API or settings differ (its private parts) gets
-``Image.save`` for that pair from then on. Where there is no memfd (macOS, a sandbox),
-``Image.save`` into a buffer is used. ``benchmarks/bench_generate.py`` section 3b
+``Image.save`` for that pair from then on, as does every view where there is no memfd
+(macOS, a sandbox): :func:`encode_jpeg` returns None and ``format.encode_image`` saves it. ``benchmarks/bench_generate.py`` section 3b
 measures both paths.
 """
 
@@ -95,12 +95,13 @@ def _encoded(image: Image.Image, settings: tuple, file) -> bytes:
     return data
 
 
-def encode_jpeg(array: np.ndarray, quality: int) -> bytes:
-    """(H, W, 1) or (H, W, 3) uint8 -> the JPEG bytes ``Image.save`` gives at ``quality``."""
+def encode_jpeg(array: np.ndarray, quality: int) -> bytes | None:
+    """(H, W, 1) or (H, W, 3) uint8 -> the JPEG bytes ``Image.save`` gives at ``quality``; None where
+    this encoder does not apply (no memfd, another array, a Pillow whose encoder differs): the caller
+    then saves through ``Image.fromarray`` and ``Image.save``, which accept or refuse the array."""
     scratch = _scratch()
     if scratch is None or array.dtype != np.uint8 or array.ndim != 3 or array.shape[-1] not in (1, 3):
-        # (anything else is Image.fromarray's to accept or refuse, as it was)
-        return _saved(Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array), quality)
+        return None
     image = scratch.image_of(array)
     key = (image.mode, quality)
     if key not in _SETTINGS:  # the first view of this pair: Image.save's bytes, and the settings if they match
@@ -113,4 +114,4 @@ def encode_jpeg(array: np.ndarray, quality: int) -> bytes:
         _SETTINGS[key] = settings if same else None
         return reference
     settings = _SETTINGS[key]
-    return _saved(image, quality) if settings is None else _encoded(image, settings, scratch.file)
+    return None if settings is None else _encoded(image, settings, scratch.file)
